@@ -1,0 +1,234 @@
+"""Diffusion gradient tables: read, write, check, generate and rotate.
+
+Conventions used everywhere in bids_phydiff:
+
+* b-values in s/mm^2, shape ``(N,)``.
+* b-vectors shape ``(N, 3)``, unit length (zero rows allowed for b0 volumes), in the FSL
+  convention: components along the voxel axes of the image they sit beside, with the first
+  component negated when the voxel-to-world matrix has a positive determinant.
+* On disk: FSL text files, ``.bval`` one row of N numbers, ``.bvec`` three rows of N numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+B0_THRESHOLD = 50.0
+"""Volumes with b <= this (s/mm^2) count as b0."""
+
+UNIT_TOLERANCE = 0.05
+"""How far from 1 the norm of a diffusion-weighted b-vector may be before it is rejected."""
+
+
+class GradientError(ValueError):
+    """A gradient file that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class GradientTable:
+    """b-values ``(N,)`` in s/mm^2 and b-vectors ``(N, 3)`` in FSL convention."""
+
+    bvals: np.ndarray
+    bvecs: np.ndarray
+
+    def __post_init__(self):
+        bvals = np.asarray(self.bvals, dtype=np.float64).reshape(-1)
+        bvecs = np.asarray(self.bvecs, dtype=np.float64)
+        if bvecs.ndim != 2 or bvecs.shape != (bvals.size, 3):
+            raise GradientError(f"b-vectors of shape {bvecs.shape} do not match {bvals.size} b-values")
+        object.__setattr__(self, "bvals", bvals)
+        object.__setattr__(self, "bvecs", bvecs)
+
+    def __len__(self) -> int:
+        return self.bvals.size
+
+    def b0_mask(self, threshold: float = B0_THRESHOLD) -> np.ndarray:
+        """Boolean ``(N,)``: which volumes are b0."""
+        return self.bvals <= threshold
+
+    def shells(self, threshold: float = B0_THRESHOLD, tolerance: float = 100.0) -> np.ndarray:
+        """Sorted nominal b-values of the diffusion-weighted shells (b0 excluded)."""
+        return unique_shells(self.bvals[self.bvals > threshold], tolerance)
+
+    def select(self, index) -> "GradientTable":
+        return GradientTable(self.bvals[index], self.bvecs[index])
+
+
+def unique_shells(bvals: np.ndarray, tolerance: float = 100.0) -> np.ndarray:
+    """Group b-values that lie within ``tolerance`` of each other; return one rounded value per group."""
+    values = np.sort(np.asarray(bvals, dtype=np.float64).reshape(-1))
+    if values.size == 0:
+        return values
+    groups = [[values[0]]]
+    for v in values[1:]:
+        if v - groups[-1][-1] <= tolerance:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return np.array([round(float(np.median(g)), -1) for g in groups])
+
+
+def shell_index(bvals: np.ndarray, shells: np.ndarray, tolerance: float = 100.0) -> np.ndarray:
+    """Index into ``shells`` of each b-value, -1 where none is within ``tolerance``."""
+    bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
+    shells = np.asarray(shells, dtype=np.float64).reshape(-1)
+    if shells.size == 0:
+        return np.full(bvals.shape, -1)
+    dist = np.abs(bvals[:, None] - shells[None, :])
+    idx = dist.argmin(axis=1)
+    idx[dist[np.arange(bvals.size), idx] > tolerance] = -1
+    return idx
+
+
+def read_fsl(bval_path: str | Path, bvec_path: str | Path) -> GradientTable:
+    """Read an FSL ``.bval``/``.bvec`` pair; raise :class:`GradientError` naming the file on problems."""
+    bval_path, bvec_path = Path(bval_path), Path(bvec_path)
+    bvals = _read_numbers(bval_path)
+    if bvals.ndim != 1 and 1 not in bvals.shape:
+        raise GradientError(f"{bval_path}: expected one row of b-values, found shape {bvals.shape}")
+    bvals = bvals.reshape(-1)
+    if np.any(bvals < 0):
+        raise GradientError(f"{bval_path}: negative b-values")
+    bvecs = _read_numbers(bvec_path)
+    if bvecs.ndim == 1 and bvecs.size == 3:
+        bvecs = bvecs.reshape(3, 1)
+    if bvecs.ndim != 2 or 3 not in bvecs.shape:
+        raise GradientError(f"{bvec_path}: expected 3 rows of b-vector components, found shape {bvecs.shape}")
+    if bvecs.shape[0] != 3:  # tolerate the N x 3 layout some tools write
+        bvecs = bvecs.T
+    if bvecs.shape[1] != bvals.size:
+        raise GradientError(
+            f"{bvec_path}: {bvecs.shape[1]} b-vectors but {bval_path.name} has {bvals.size} b-values"
+        )
+    return GradientTable(bvals, bvecs.T)
+
+
+def _read_numbers(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise GradientError(f"{path}: file not found")
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=1)
+    except ValueError as exc:
+        raise GradientError(f"{path}: not a table of numbers ({exc})") from None
+    if values.size == 0:
+        raise GradientError(f"{path}: empty")
+    if not np.all(np.isfinite(values)):
+        raise GradientError(f"{path}: contains NaN or Inf")
+    return values
+
+
+def write_fsl(table: GradientTable, bval_path: str | Path, bvec_path: str | Path) -> None:
+    """Write ``table`` as FSL text files (integers for b, 6 decimals for vectors)."""
+    bvals = table.bvals
+    fmt = "%d" if np.allclose(bvals, np.round(bvals)) else "%.6g"
+    Path(bval_path).write_text(" ".join(fmt % b for b in bvals) + "\n")
+    rows = [" ".join(f"{v:.6f}" for v in table.bvecs[:, i]) for i in range(3)]
+    Path(bvec_path).write_text("\n".join(rows) + "\n")
+
+
+def check_unit_length(table: GradientTable, source: str | Path, threshold: float = B0_THRESHOLD) -> None:
+    """Raise :class:`GradientError` if a diffusion-weighted b-vector is not unit length."""
+    dw = ~table.b0_mask(threshold)
+    norms = np.linalg.norm(table.bvecs[dw], axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > UNIT_TOLERANCE)
+    if bad.size:
+        first = np.flatnonzero(dw)[bad[0]]
+        raise GradientError(
+            f"{source}: {bad.size} b-vector(s) of diffusion-weighted volumes are not unit length "
+            f"(volume {first} has norm {norms[bad[0]]:.3f})"
+        )
+
+
+def uniform_directions(n: int, seed: int = 0, iterations: int = 500) -> np.ndarray:
+    """``n`` unit vectors ``(n, 3)`` spread uniformly over the hemisphere (antipodally symmetric).
+
+    Electrostatic repulsion between the points and their antipodes (dipy's ``disperse_charges``),
+    started from seeded random points, so the result is deterministic for ``seed``.
+    """
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    if n < 1:
+        raise ValueError("need at least one direction")
+    rng = np.random.default_rng(seed)
+    start = rng.normal(size=(n, 3))
+    start /= np.linalg.norm(start, axis=1, keepdims=True)
+    if n == 1:
+        return start
+    hemi, _ = disperse_charges(HemiSphere(xyz=start), iterations)
+    vecs = np.asarray(hemi.vertices, dtype=np.float64)
+    # canonical sign (z >= 0): antipodal directions are the same measurement
+    vecs *= np.where(vecs[:, 2:3] < 0, -1.0, 1.0)
+    return vecs
+
+
+def multishell_scheme(
+    shells: list[float] | tuple[float, ...],
+    directions_per_shell: int | list[int],
+    n_b0: int = 1,
+    seed: int = 0,
+) -> GradientTable:
+    """A gradient table: ``n_b0`` b0 volumes then ``directions_per_shell`` uniform directions per shell.
+
+    Each shell gets its own direction set (different seed), as acquisitions usually do.
+    """
+    counts = (
+        [directions_per_shell] * len(shells)
+        if isinstance(directions_per_shell, int)
+        else list(directions_per_shell)
+    )
+    if len(counts) != len(shells):
+        raise ValueError("one direction count per shell is needed")
+    bvals = [np.zeros(n_b0)]
+    bvecs = [np.zeros((n_b0, 3))]
+    for i, (b, n) in enumerate(zip(shells, counts)):
+        bvals.append(np.full(n, float(b)))
+        bvecs.append(uniform_directions(n, seed=seed + 1000 * (i + 1)))
+    return GradientTable(np.concatenate(bvals), np.concatenate(bvecs))
+
+
+def _axes_frame(affine: np.ndarray) -> np.ndarray:
+    """Rotation (3, 3) from FSL voxel-axis coordinates to world (RAS) coordinates."""
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    u, _, vt = np.linalg.svd(linear)
+    rotation = u @ vt  # nearest orthogonal matrix: drops voxel sizes and shears
+    if np.linalg.det(linear) > 0:
+        # FSL flips x for "neurological" (positive-determinant) images
+        rotation = rotation @ np.diag([-1.0, 1.0, 1.0])
+    return rotation
+
+
+def fsl_to_world(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """b-vectors ``(N, 3)`` in FSL convention of an image with ``affine`` -> world (RAS+) directions."""
+    return np.asarray(bvecs, dtype=np.float64) @ _axes_frame(affine).T
+
+
+def world_to_fsl(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World (RAS+) directions ``(N, 3)`` -> FSL-convention b-vectors for an image with ``affine``."""
+    return np.asarray(vectors, dtype=np.float64) @ _axes_frame(affine)
+
+
+def rotate_world(vectors: np.ndarray, linear: np.ndarray) -> np.ndarray:
+    """Apply the rotation part of a world-space linear map ``(3, 3)`` to directions ``(N, 3)``.
+
+    Scaling and shear are removed by polar decomposition; vectors stay unit length (zeros stay zero).
+    """
+    u, _, vt = np.linalg.svd(np.asarray(linear, dtype=np.float64))
+    rotation = u @ vt
+    return np.asarray(vectors, dtype=np.float64) @ rotation.T
+
+
+def reorient_bvecs(
+    bvecs: np.ndarray, source_affine: np.ndarray, target_affine: np.ndarray, world_linear: np.ndarray | None = None
+) -> np.ndarray:
+    """Move FSL b-vectors from the axes of one image to the axes of another.
+
+    ``world_linear`` (3, 3) maps source world directions to target world directions (the linear
+    part of the registration, source -> target); identity when the two share world space.
+    """
+    world = fsl_to_world(bvecs, source_affine)
+    if world_linear is not None:
+        world = rotate_world(world, world_linear)
+    return world_to_fsl(world, target_affine)
