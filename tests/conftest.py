@@ -38,3 +38,54 @@ def shared_templateflow() -> Path:
 def xtract_dir() -> Path:
     """The XTRACT label atlas on MNI152NLin6Asym grids."""
     return _shared_path("data", "xtract")
+
+
+def write_tiny_dataset(root: Path, subjects=("01",), shape=(8, 8, 4), bvals=(0, 1000, 1000, 2000, 2000),
+                       sessions=(None,), t1w=True, seed=0) -> Path:
+    """A small BIDS dataset written with nibabel: one DWI run per subject/session (and a T1w).
+
+    Tests change one file of it to make each bad-input case.
+    """
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from bids_phydiff.prep.gradients import GradientTable, uniform_directions, write_fsl
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "tiny", "BIDSVersion": "1.10.0", "DatasetType": "raw", "Authors": ["A", "B"]})
+    )
+    (root / "README").write_text("A tiny test dataset.\n")
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    bvals = np.asarray(bvals, dtype=float)
+    bvecs = np.zeros((bvals.size, 3))
+    dw = bvals > 50
+    bvecs[dw] = uniform_directions(int(dw.sum()), seed=seed)
+    for sub in subjects:
+        for ses in sessions:
+            prefix = f"sub-{sub}" + (f"_ses-{ses}" if ses else "")
+            base = root / f"sub-{sub}" / (f"ses-{ses}" if ses else "")
+            (base / "dwi").mkdir(parents=True, exist_ok=True)
+            s0 = 1000 + 100 * rng.random(shape)
+            data = np.stack([s0 * np.exp(-b * 1e-3) for b in bvals], axis=-1).astype(np.float32)
+            nib.Nifti1Image(data, affine).to_filename(base / "dwi" / f"{prefix}_dwi.nii.gz")
+            write_fsl(GradientTable(bvals, bvecs), base / "dwi" / f"{prefix}_dwi.bval", base / "dwi" / f"{prefix}_dwi.bvec")
+            (base / "dwi" / f"{prefix}_dwi.json").write_text(
+                json.dumps({"RepetitionTime": 3.0, "EchoTime": 0.08, "PhaseEncodingDirection": "j-",
+                            "TotalReadoutTime": 0.05})
+            )
+            if t1w:
+                (base / "anat").mkdir(exist_ok=True)
+                t1 = (500 + 100 * rng.random(tuple(2 * s for s in shape))).astype(np.float32)
+                nib.Nifti1Image(t1, np.diag([1.0, 1.0, 1.0, 1.0])).to_filename(base / "anat" / f"{prefix}_T1w.nii.gz")
+                (base / "anat" / f"{prefix}_T1w.json").write_text(json.dumps({"RepetitionTime": 2.3}))
+    return root
+
+
+@pytest.fixture
+def tiny_bids(tmp_path) -> Path:
+    """A fresh tiny valid BIDS dataset (sub-01, sub-02 with T1w) per test."""
+    return write_tiny_dataset(tmp_path / "bids", subjects=("01", "02"))

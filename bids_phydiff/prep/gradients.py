@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputDataError
+
 B0_THRESHOLD = 50.0
 """Volumes with b <= this (s/mm^2) count as b0."""
 
@@ -23,7 +25,7 @@ UNIT_TOLERANCE = 0.05
 """How far from 1 the norm of a diffusion-weighted b-vector may be before it is rejected."""
 
 
-class GradientError(ValueError):
+class GradientError(InputDataError):
     """A gradient file that cannot be used; the message names the file."""
 
 
@@ -101,7 +103,7 @@ def read_fsl(bval_path: str | Path, bvec_path: str | Path) -> GradientTable:
         bvecs = bvecs.T
     if bvecs.shape[1] != bvals.size:
         raise GradientError(
-            f"{bvec_path}: {bvecs.shape[1]} b-vectors but {bval_path.name} has {bvals.size} b-values"
+            f"{bvec_path}: {bvecs.shape[1]} b-vectors but {bval_path} has {bvals.size} b-values"
         )
     return GradientTable(bvals, bvecs.T)
 

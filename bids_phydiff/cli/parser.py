@@ -1,0 +1,226 @@
+"""The command line: ``run.py bids_dir output_dir {participant,group} [options]``.
+
+Follows the BIDS-Apps conventions (positional arguments, ``--participant-label`` with or without the
+``sub-`` prefix, exit code 64 on usage errors) and fMRIPrep's option names where they exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import __version__
+from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE
+
+LEVELS = ("participant", "group")
+
+DEFAULT_TEMPLATE = "MNI152NLin6Asym"
+DEFAULT_RESOLUTION = 2.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits with the BIDS-Apps usage code (64) instead of 2."""
+
+    def error(self, message):  # noqa: D102 - argparse API
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _label_list(value: str) -> str:
+    value = value.strip()
+    for prefix in ("sub-", "ses-"):
+        if value.startswith(prefix):
+            value = value[len(prefix) :]
+    if not value or not value.isalnum():
+        raise argparse.ArgumentTypeError(f"'{value}' is not a BIDS label (letters and digits only)")
+    return value
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return number
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{value}: file not found")
+    return path.resolve()
+
+
+def _memory_gb(value: str) -> float:
+    """``--mem``: a number of GB, or a number with a unit (MB, GB, TB)."""
+    text = value.strip().upper().rstrip("B")
+    scale = 1.0
+    if text and text[-1] in "MGT":
+        scale = {"M": 1 / 1024, "G": 1.0, "T": 1024.0}[text[-1]]
+        text = text[:-1]
+    try:
+        number = float(text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value} is not an amount of memory (e.g. 16, 16GB, 800MB)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive amount of memory")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bids_phydiff",
+        description=(
+            "Synthesise diffusion MRI at any b-value and b-vector with the Phy-Diff model. "
+            "participant: register each subject's DWI to a template and write derivatives "
+            "(with --model: also write synthetic DWI); group: train a model on the prepared subjects."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (read only)")
+    parser.add_argument("output_dir", type=Path, help="where derivatives, models and logs are written")
+    parser.add_argument(
+        "analysis_level",
+        metavar="{participant,group}",
+        help="participant: prepare (and synthesise with --model); group: train a model",
+    )
+    parser.add_argument("--version", action="version", version=f"bids_phydiff {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        type=_label_list,
+        metavar="LABEL",
+        help="participants to process (with or without 'sub-'); default: all",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        type=_label_list,
+        metavar="LABEL",
+        help="sessions to process (with or without 'ses-'); default: all",
+    )
+    sel.add_argument(
+        "--bids-filter-file",
+        dest="bids_filter_file",
+        type=_existing_file,
+        metavar="FILE",
+        help='JSON of pybids entity filters per query, e.g. {"dwi": {"acquisition": "ax30"}, "t1w": {"run": 1}}',
+    )
+    sel.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validator",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not run bids-validator-deno on the input dataset",
+    )
+    sel.add_argument(
+        "--bids-database-dir",
+        dest="bids_database_dir",
+        type=Path,
+        metavar="DIR",
+        help="a pybids index to reuse (default: inside the work dir; share one on clusters to avoid sqlite locks)",
+    )
+    sel.add_argument(
+        "--b0-threshold",
+        dest="b0_threshold",
+        type=float,
+        default=50.0,
+        help="volumes with b <= this (s/mm^2) count as b0",
+    )
+
+    perf = parser.add_argument_group("resources and execution")
+    perf.add_argument("-w", "--work-dir", dest="work_dir", type=Path, help="intermediate files (default: ./work)")
+    perf.add_argument(
+        "--nprocs", "--n-cpus", "--n_cpus", dest="nprocs", type=_positive_int, help="processes in parallel (default: all cores)"
+    )
+    perf.add_argument(
+        "--omp-nthreads", dest="omp_nthreads", type=_positive_int, help="threads per process (ANTs, torch)"
+    )
+    perf.add_argument("--mem", "--mem-gb", "--mem_gb", dest="mem_gb", type=_memory_gb, help="memory limit in GB")
+    perf.add_argument(
+        "--use-plugin",
+        "--use_plugin",
+        dest="use_plugin",
+        type=_existing_file,
+        metavar="FILE",
+        help="Nipype plugin YAML, e.g. {plugin: SLURM, plugin_args: {sbatch_args: '--time=1:00:00'}}",
+    )
+    perf.add_argument(
+        "--stop-on-first-crash", dest="stop_on_first_crash", action="store_true", help="stop at the first failed node"
+    )
+    perf.add_argument("--seed", type=int, default=0, help="random seed (same seed + inputs = same outputs on a device)")
+    perf.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the model runs; 'cuda' without a GPU is an error, never a silent CPU run",
+    )
+
+    space = parser.add_argument_group("template space")
+    space.add_argument(
+        "--template",
+        default=DEFAULT_TEMPLATE,
+        help="TemplateFlow template (MNI152NLin6Asym is the space of the XTRACT atlas; MNI305 is the paper's)",
+    )
+    space.add_argument(
+        "--output-resolution",
+        dest="output_resolution",
+        type=_positive_float,
+        default=DEFAULT_RESOLUTION,
+        help="isotropic voxel size of the template-space outputs, mm",
+    )
+
+    model = parser.add_argument_group("model (group level trains it, participant level with --model uses it)")
+    model.add_argument("--model", type=Path, metavar="DIR", help="a trained model bundle: synthesise DWI with it")
+    for flag, kwargs in _LATER_OPTIONS:
+        model.add_argument(flag, **kwargs)
+    return parser
+
+
+# Options that belong to stages not built yet. They are parsed so the interface is stable,
+# and a run that sets one stops with a clear message instead of ignoring it.
+_LATER_OPTIONS: list[tuple[str, dict]] = [
+    ("--train-config", dict(dest="train_config", metavar="NAME|FILE", help="group: training preset or YAML/JSON")),
+    ("--max-steps", dict(dest="max_steps", type=_positive_int, help="group: training steps")),
+    ("--batch-size", dict(dest="batch_size", type=_positive_int, help="group: training batch; participant: sampling batch")),
+    ("--val-subjects", dict(dest="val_subjects", nargs="+", type=_label_list, help="group: held-out subjects")),
+    ("--model-label", dict(dest="model_label", type=_label_list, help="group: name of models/model-<label>")),
+    ("--resume", dict(dest="resume", action="store_true", default=None, help="group: continue from the last checkpoint")),
+    ("--xtract-atlas", dict(dest="xtract_atlas", type=Path, help="group: XTRACT atlas (4D probabilities or labels)")),
+    ("--target-scheme", dict(dest="target_scheme", nargs="+", metavar="acquired|BVAL BVEC", help="participant: gradients to synthesise")),
+    ("--target-shells", dict(dest="target_shells", help="participant: comma-separated b-values to synthesise")),
+    ("--target-directions", dict(dest="target_directions", type=_positive_int, help="participant: directions per shell")),
+    ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"], help="participant: reverse-diffusion sampler")),
+    ("--steps", dict(dest="steps", type=_positive_int, help="participant: sampling steps")),
+    ("--strength", dict(dest="strength", type=_positive_float, help="participant: SDEdit start (1.0 = pure noise)")),
+    ("--samples", dict(dest="samples", type=_positive_int, help="participant: independent samples per volume")),
+    ("--output-space", dict(dest="output_space", choices=["template", "native"], help="participant: space of synthetic DWI")),
+]
+LATER_OPTION_DESTS: tuple[str, ...] = tuple(kwargs["dest"] for _, kwargs in _LATER_OPTIONS)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; exit 64 on usage errors and 17 on an unknown analysis level."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.analysis_level not in LEVELS:
+        parser.print_usage(sys.stderr)
+        parser.exit(
+            EXIT_UNKNOWN_LEVEL,
+            f"{parser.prog}: error: unknown analysis level '{args.analysis_level}' (choose participant or group)\n",
+        )
+    return args

@@ -1,0 +1,102 @@
+"""The BIDS App entry point: parse, check, then run the participant or group level.
+
+Every failure that the user can act on ends with a one-paragraph message naming the file and
+the problem, and the exit code of :mod:`bids_phydiff.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from .. import __version__
+from ..errors import EXIT_FAILURE, EXIT_OK, PhydiffError
+from .config import RunConfig, build_config
+from .parser import parse_args
+
+LOGGER = logging.getLogger("bids_phydiff")
+
+# options of later stages that this version supports (see parser._LATER_OPTIONS)
+IMPLEMENTED: frozenset[str] = frozenset()
+
+
+def setup_logging(verbose: int, logfile=None) -> None:
+    level = logging.WARNING - 10 * min(verbose + 1, 2)  # default INFO, -v DEBUG
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_bids_phydiff", False):  # ours from an earlier call; leave others' alone
+            root.removeHandler(handler)
+            handler.close()
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile is not None:
+        handlers.append(logging.FileHandler(logfile))
+        handlers[-1].setLevel(logging.DEBUG)
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        handler._bids_phydiff = True
+        root.addHandler(handler)
+    root.setLevel(level)
+    LOGGER.setLevel(level)
+    for noisy in ("nipype.workflow", "nipype.interface", "nipype.utils"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING) if verbose < 2 else logging.DEBUG)
+
+
+def _limit_threads(config: RunConfig) -> None:
+    """Threads per process for the libraries that read the environment (ANTs/ITK, OpenMP, BLAS)."""
+    n = str(config.omp_nthreads)
+    for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, n)
+
+
+def run(config: RunConfig) -> None:
+    """Validate, discover, check and run one level. Raises :class:`PhydiffError` on user errors."""
+    from ..bids.checks import check_runs
+    from ..bids.layout import discover, open_layout
+    from ..bids.validation import validate
+
+    if not config.skip_bids_validation:
+        validate(config.bids_dir, config.participant_label or None)
+    else:
+        LOGGER.info("BIDS validation skipped (--skip-bids-validation)")
+    if config.analysis_level == "participant":
+        layout = open_layout(config.bids_dir, config.database_dir, reset=config.bids_database_dir is None)
+        runs = discover(layout, config.participant_label, config.session_label, config.bids_filters)
+        checked = check_runs(runs, config.b0_threshold)
+        from ..workflows.participant import run_participant
+
+        run_participant(config, checked)
+    else:
+        raise PhydiffError(f"the group level (training) is not implemented yet in bids_phydiff {__version__}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging(args.verbose)
+    start = time.monotonic()
+    try:
+        config = build_config(args, IMPLEMENTED)
+        logfile = config.output_dir / "logs" / f"{config.analysis_level}-{config.run_id}.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        setup_logging(config.verbose, logfile)
+        LOGGER.info("bids_phydiff %s, %s level, run %s", __version__, config.analysis_level, config.run_id)
+        config.save()
+        _limit_threads(config)
+        run(config)
+    except PhydiffError as exc:
+        LOGGER.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted")
+        return 130
+    except Exception:  # an unexpected failure is a bug: keep the trace in the log
+        LOGGER.exception("bids_phydiff failed unexpectedly; please report this with the log above")
+        return EXIT_FAILURE
+    LOGGER.info("finished in %.1f s", time.monotonic() - start)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

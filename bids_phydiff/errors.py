@@ -1,0 +1,60 @@
+"""Errors that end a run, each with the BIDS-Apps exit code the command line returns for it.
+
+Every room raises these (or subclasses) with a message that names the file and the problem;
+only ``cli/`` turns them into an exit status.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_VALIDATION = 16
+EXIT_UNKNOWN_LEVEL = 17
+EXIT_EMPTY_SELECTION = 18
+EXIT_USAGE = 64
+EXIT_DATA = 65
+EXIT_NO_INPUT = 66
+EXIT_CANNOT_WRITE = 73
+EXIT_IO = 74
+
+
+class PhydiffError(Exception):
+    """Base of the errors that stop a run; ``exit_code`` is what the app exits with."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(PhydiffError):
+    """Arguments that cannot work together (64)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputDataError(PhydiffError, ValueError):
+    """An input file exists but its content cannot be used (65)."""
+
+    exit_code = EXIT_DATA
+
+
+class NoInputError(PhydiffError):
+    """An input that must exist does not (66)."""
+
+    exit_code = EXIT_NO_INPUT
+
+
+class EmptySelectionError(PhydiffError):
+    """Participant, session or entity filters selected nothing (18)."""
+
+    exit_code = EXIT_EMPTY_SELECTION
+
+
+class ValidationFailed(PhydiffError):
+    """The BIDS validator reported errors (16)."""
+
+    exit_code = EXIT_VALIDATION
+
+
+class OutputError(PhydiffError):
+    """An output location cannot be created or written (73)."""
+
+    exit_code = EXIT_CANNOT_WRITE
