@@ -1,0 +1,50 @@
+"""The per-subject HTML report: one page, figures referenced from ``sub-X/figures/``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+
+
+@dataclass(frozen=True)
+class Section:
+    """One figure with a heading and a sentence saying what to look for."""
+
+    title: str
+    figure: Path
+    caption: str
+
+
+def write_report(out_html: str | Path, subject: str, sections: list[Section], notes: list[str] = ()) -> Path:
+    """Write ``sub-<subject>.html`` linking each figure by a path relative to the report."""
+    out_html = Path(out_html)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>bids_phydiff: sub-{html.escape(subject)}</title>",
+        "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
+        "h2{border-bottom:1px solid #ccc;padding-top:.5em}figure{margin:0 0 1.5em 0}"
+        "img{max-width:100%;background:#000}figcaption{font-size:.9em;color:#555}</style>",
+        "</head><body>",
+        f"<h1>sub-{html.escape(subject)}</h1>",
+        f"<p>bids_phydiff {__version__}, {_dt.datetime.now().isoformat(timespec='seconds')}</p>",
+    ]
+    if notes:
+        parts.append("<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    for section in sections:
+        rel = os.path.relpath(section.figure, out_html.parent)
+        parts += [
+            f"<h2>{html.escape(section.title)}</h2>",
+            f'<figure><img src="{html.escape(rel)}" alt="{html.escape(section.title)}">',
+            f"<figcaption>{html.escape(section.caption)}</figcaption></figure>",
+        ]
+    parts.append("</body></html>")
+    tmp = out_html.with_name(f".{out_html.name}.tmp")
+    tmp.write_text("\n".join(parts) + "\n")
+    os.replace(tmp, out_html)
+    return out_html
