@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .. import __version__
-from .layout import DwiRun
+from .layout import DwiRun, filename_entities
 
 BIDS_VERSION = "1.10.0"
 
@@ -31,13 +31,13 @@ BIDSIGNORE = [
 _ORDER = ["sub", "ses", "acq", "ce", "rec", "dir", "run", "part", "chunk", "from", "to", "mode", "space", "res", "desc"]
 
 
-def derivative_name(run: DwiRun, suffix: str, extension: str, **entities: str | None) -> str:
-    """The BIDS file name of a derivative of ``run``.
+def derivative_name(source: str | Path | DwiRun, suffix: str, extension: str, **entities: str | None) -> str:
+    """The BIDS file name of a derivative of ``source`` (a DWI run or the path of an input file).
 
-    ``entities`` add or override entities (``space``, ``res``, ``desc``, ``from``/``to``/``mode``
-    given as ``from_``/``to``/``mode``); ``desc`` always comes last.
+    ``entities`` add or override entities (``space``, ``res``, ``desc``, and ``from_``/``to``/``mode``
+    for transforms); ``None`` removes one. ``desc`` always comes last.
     """
-    merged = dict(run.entities)
+    merged = dict(source.entities if isinstance(source, DwiRun) else filename_entities(source))
     for key, value in entities.items():
         key = key.rstrip("_")
         if value is None:
@@ -48,8 +48,12 @@ def derivative_name(run: DwiRun, suffix: str, extension: str, **entities: str | 
     return "_".join(f"{k}-{v}" for k, v in ordered) + f"_{suffix}{extension}"
 
 
-def derivative_path(output_dir: Path, run: DwiRun, suffix: str, extension: str, **entities) -> Path:
-    return Path(output_dir) / run.rel_dir / derivative_name(run, suffix, extension, **entities)
+def derivative_path(output_dir: Path, source: str | Path | DwiRun, suffix: str, extension: str,
+                    datatype: str = "dwi", **entities) -> Path:
+    """``output_dir/sub-X[/ses-Y]/<datatype>/<derivative_name>``."""
+    ents = dict(source.entities if isinstance(source, DwiRun) else filename_entities(source))
+    folder = Path(f"sub-{ents['sub']}", *([f"ses-{ents['ses']}"] if "ses" in ents else []), datatype)
+    return Path(output_dir) / folder / derivative_name(source, suffix, extension, **entities)
 
 
 def resolution_label(resolution_mm: float) -> str:
