@@ -108,6 +108,18 @@ def read_fsl(bval_path: str | Path, bvec_path: str | Path) -> GradientTable:
     return GradientTable(bvals, bvecs.T)
 
 
+def read_bvals(bval_path: str | Path) -> np.ndarray:
+    """b-values ``(N,)`` (s/mm^2) from an FSL ``.bval`` file alone; :class:`GradientError` naming the file."""
+    bval_path = Path(bval_path)
+    bvals = _read_numbers(bval_path)
+    if bvals.ndim != 1 and 1 not in bvals.shape:
+        raise GradientError(f"{bval_path}: expected one row of b-values, found shape {bvals.shape}")
+    bvals = bvals.reshape(-1)
+    if np.any(bvals < 0):
+        raise GradientError(f"{bval_path}: negative b-values")
+    return bvals
+
+
 def _read_numbers(path: Path) -> np.ndarray:
     if not path.is_file():
         raise GradientError(f"{path}: file not found")
@@ -234,3 +246,123 @@ def reorient_bvecs(
     if world_linear is not None:
         world = rotate_world(world, world_linear)
     return world_to_fsl(world, target_affine)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# b-vectors through an ANTs registration
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+_LINEAR_TYPES = ("AffineTransform", "MatrixOffsetTransformBase")
+
+
+def read_ants_linear(path: str | Path) -> np.ndarray:
+    """The linear 3x3 part of an ANTs/ITK transform file, in ANTs terms: LPS, mapping points of the fixed
+    space to the moving space.
+
+    ``.mat`` (an ``AffineTransform``/``MatrixOffsetTransformBase``, as antsRegistration writes): its matrix.
+    ``.h5`` (an ITK composite, as :func:`bids_phydiff.prep.resample.write_composite` writes): the product of
+    its linear components in stored order (the order that acts on a point is the reverse; displacement
+    fields are skipped, they have no global linear part). Raises :class:`GradientError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise GradientError(f"{path}: transform file not found")
+    try:
+        if path.suffix == ".mat":
+            return _read_mat_linear(path)
+        if path.suffix in (".h5", ".hdf5"):
+            return _read_h5_linear(path)
+    except GradientError:
+        raise
+    except Exception as exc:
+        raise GradientError(f"{path}: cannot read the transform ({exc})") from None
+    raise GradientError(f"{path}: not an ANTs .mat or ITK .h5 transform")
+
+
+def _matrix(name: str, params: np.ndarray, path: Path) -> np.ndarray:
+    if not name.startswith(_LINEAR_TYPES) or not name.endswith("_3_3"):
+        raise GradientError(f"{path}: transform type {name} is not a 3D affine matrix")
+    params = np.asarray(params, dtype=np.float64).reshape(-1)
+    if params.size != 12:
+        raise GradientError(f"{path}: {name} has {params.size} parameters, expected 12")
+    return params[:9].reshape(3, 3)
+
+
+def _read_mat_linear(path: Path) -> np.ndarray:
+    from scipy.io import loadmat
+
+    content = loadmat(str(path))
+    names = [k for k in content if not k.startswith("__") and k != "fixed"]
+    if len(names) != 1:
+        raise GradientError(f"{path}: expected one transform, found {names}")
+    return _matrix(names[0], content[names[0]], path)
+
+
+def _read_h5_linear(path: Path) -> np.ndarray:
+    import h5py
+
+    total = np.eye(3)
+    with h5py.File(str(path), "r") as h5:
+        group = h5["TransformGroup"]
+        for key in sorted(group, key=int):
+            kind = group[key]["TransformType"][0]
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind.startswith("CompositeTransform") or kind.startswith("DisplacementFieldTransform"):
+                continue
+            total = total @ _matrix(kind, group[key]["TransformParameters"][()], path)
+    return total
+
+
+def ants_world_linear(transforms, invert=None) -> np.ndarray:
+    """The RAS+ 3x3 map of directions from the moving image's world to the fixed image's world for ANTs
+    transform files (ANTs order, optional ``invert`` flags) that map fixed points to moving points.
+
+    Only the linear parts count (warps are skipped). Use as ``world_linear`` of :func:`reorient_bvecs`.
+    """
+    files = [transforms] if isinstance(transforms, (str, Path)) else list(transforms)
+    invert = [False] * len(files) if invert is None else list(invert)
+    fixed_to_moving = np.eye(3)
+    for path, inv in zip(files, invert):
+        path = Path(path)
+        if path.name.endswith((".nii", ".nii.gz")):
+            continue
+        matrix = read_ants_linear(path)
+        # a fixed point passes through the first file first
+        fixed_to_moving = (np.linalg.inv(matrix) if inv else matrix) @ fixed_to_moving
+    ras = _LPS_TO_RAS @ fixed_to_moving @ _LPS_TO_RAS
+    return np.linalg.inv(ras)
+
+
+def write_reoriented_fsl(
+    bval_path: str | Path,
+    bvec_path: str | Path,
+    source_image: str | Path,
+    target_image: str | Path,
+    out_bval: str | Path,
+    out_bvec: str | Path,
+    transforms=(),
+    invert=None,
+) -> tuple[Path, Path]:
+    """Write the gradient table of ``source_image`` for ``target_image``: b-vectors rotated by the linear
+    part of the registration ``transforms`` (ANTs files mapping target points to source points, e.g. the
+    forward DWI -> template ``.h5``) and expressed in the FSL convention of the target image's axes.
+    b-values are copied. With no transforms only the axes change (same world space)."""
+    import nibabel as nib
+
+    table = read_fsl(bval_path, bvec_path)
+    source_affine = nib.load(str(source_image)).affine
+    target_affine = nib.load(str(target_image)).affine
+    world_linear = ants_world_linear(transforms, invert) if transforms else None
+    bvecs = reorient_bvecs(table.bvecs, source_affine, target_affine, world_linear)
+    out_bval, out_bvec = Path(out_bval), Path(out_bvec)
+    tmp_bval = out_bval.with_name(f".{out_bval.name}.part")
+    tmp_bvec = out_bvec.with_name(f".{out_bvec.name}.part")
+    try:
+        write_fsl(GradientTable(table.bvals, bvecs), tmp_bval, tmp_bvec)
+        tmp_bval.replace(out_bval)
+        tmp_bvec.replace(out_bvec)
+    finally:
+        tmp_bval.unlink(missing_ok=True)
+        tmp_bvec.unlink(missing_ok=True)
+    return out_bval, out_bvec

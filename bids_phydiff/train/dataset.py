@@ -181,13 +181,13 @@ class SliceDataset(torch.utils.data.Dataset):
         cache = self.caches[r]
         b = float(cache.bvals[v])
         sample = {
-            "x0": torch.from_numpy(self.grid.pad(np.asarray(cache.dwi[v, z]), -1.0)[None]),
+            "target": torch.from_numpy(self.grid.pad(np.asarray(cache.dwi[v, z]), -1.0)[None]),
             "b0": torch.from_numpy(self.grid.pad(np.asarray(cache.b0[z]), -1.0)[None]),
             "mask": torch.from_numpy(self.grid.pad(np.asarray(cache.mask[z], dtype=np.float32))[None]),
             "adc": torch.from_numpy(self.adc_volume(b)[z][None].copy()),
             "bval": torch.tensor(b, dtype=torch.float32),
             "bvec": torch.from_numpy(cache.bvecs[v].astype(np.float32)),
-            "pos": torch.tensor(float(self.grid.position(z)), dtype=torch.float32),
+            "slice_pos": torch.tensor(float(self.grid.position(z)), dtype=torch.float32),
         }
         if self.tracts is not None:
             sample["tracts"] = torch.from_numpy(self.tracts[:, z].copy())

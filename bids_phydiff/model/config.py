@@ -1,0 +1,285 @@
+"""Every configuration of the model room, and the presets, in one place.
+
+All configs are frozen dataclasses with ``to_dict`` / ``from_dict`` (plain JSON types; unknown keys are
+refused so a typo in a bundle or a config file is an error, not a silent default).
+
+Presets (:data:`PRESETS`, nominal image sizes in :data:`PRESET_IMAGE_SIZES`):
+
+- ``paper``: the published model: patch 4, widths 128/256/512, depths 2/2/4, d_ff = width, 7x7
+  neighborhood attention (head dim 64) at the two high-resolution levels, global attention at the bottom,
+  mapping width 256, XTRACT adapter; 256x256 slices; backbone about 14.2 M parameters.
+- ``small``: CPU demos on 64x64 slices.
+- ``tiny``: tests and smoke runs on 32x32 slices; a training step on CPU takes well under a second.
+
+Ablation switches (paper Table 2): ``schedule.gap = 0`` (w/o physics-guided noise, plain DDPM),
+``conditioning.query_mapping = False`` (w/o query-based mapping), ``adapter = None`` (w/o XTRACT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(names)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One level of the hourglass. The last level of :class:`HDiTConfig` is the bottom (middle) level.
+
+    ``attention``: ``"neighborhood"`` (kernel ``kernel_size``, odd) or ``"global"``.
+    ``width`` must be a multiple of ``d_head``.
+    """
+
+    width: int
+    depth: int
+    d_ff: int
+    d_head: int = 64
+    attention: Literal["neighborhood", "global"] = "neighborhood"
+    kernel_size: int = 7
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.depth < 0 or self.d_ff <= 0 or self.d_head <= 0:
+            raise ValueError(f"level sizes must be positive: {self}")
+        if self.width % self.d_head:
+            raise ValueError(f"level width {self.width} is not a multiple of d_head {self.d_head}")
+        if self.attention not in ("neighborhood", "global"):
+            raise ValueError(f"level attention must be 'neighborhood' or 'global', got {self.attention!r}")
+        if self.attention == "neighborhood" and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
+            raise ValueError(f"neighborhood kernel size must be odd and >= 1, got {self.kernel_size}")
+
+
+@dataclass(frozen=True)
+class HDiTConfig:
+    """The hourglass diffusion transformer backbone.
+
+    Input (B, in_channels, H, W) = x_t and the b0 slice concatenated; output (B, out_channels, H, W) = the
+    predicted noise. H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
+    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``.
+    """
+
+    levels: tuple[LevelConfig, ...]
+    patch_size: int = 4
+    in_channels: int = 2
+    out_channels: int = 1
+    dropout: float = 0.0
+    backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        levels = tuple(lv if isinstance(lv, LevelConfig) else LevelConfig(**lv) for lv in self.levels)
+        object.__setattr__(self, "levels", levels)
+        if not levels:
+            raise ValueError("HDiTConfig needs at least one level")
+        if self.patch_size < 1 or self.in_channels < 1 or self.out_channels < 1:
+            raise ValueError(f"patch_size, in_channels and out_channels must be positive: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.backend not in ("auto", "torch", "natten"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'natten', got {self.backend!r}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Image height and width must be multiples of this."""
+        return self.patch_size * 2 ** (len(self.levels) - 1)
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(lv.width for lv in self.levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["levels"] = [dataclasses.asdict(lv) for lv in self.levels]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HDiTConfig:
+        d = _from_mapping(cls, data, "backbone")
+        d["levels"] = tuple(LevelConfig(**_from_mapping(LevelConfig, lv, "backbone.levels[]")) for lv in d["levels"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    """Embeddings of timestep, b-value, b-vector and slice position, and the mapping network.
+
+    ``width``: embedding and mapping width (the AdaRMSNorm condition size). ``b_scale`` (s/mm^2): b and the
+    b-vector components b*g are divided by it before the signed log of paper Eq. 7.
+    ``query_mapping``: True = the paper's query-based mapping (per-component real-number embeddings of
+    (b, b*gx, b*gy, b*gz) as query tokens); False = the ablation: linear embeddings of the unit b-vector
+    and of b / b_scale. ``fourier_features``: sinusoid pairs for the timestep and the slice position.
+    """
+
+    width: int = 256
+    mapping_depth: int = 2
+    mapping_d_ff: int = 768
+    query_mapping: bool = True
+    b_scale: float = 1000.0
+    fourier_features: int = 64
+
+    def __post_init__(self) -> None:
+        if self.width < 3 or self.mapping_depth < 0 or self.mapping_d_ff <= 0 or self.fourier_features <= 0:
+            raise ValueError(f"invalid conditioning sizes: {self}")
+        if self.b_scale <= 0:
+            raise ValueError(f"b_scale must be positive, got {self.b_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConditioningConfig:
+        return cls(**_from_mapping(cls, data, "conditioning"))
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """DDPM noise schedule with the physics-guided per-pixel term (paper Eq. 5).
+
+    beta_t(x) = linear beta_t + gap * (1 - s(x)), linear betas from ``beta_start`` to ``beta_end`` over
+    ``num_steps``; ``gap = 0`` is plain DDPM.
+    """
+
+    num_steps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    gap: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if not 0.0 < self.beta_start <= self.beta_end < 1.0:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, {self.beta_end}")
+        if self.gap < 0.0 or self.beta_end + self.gap >= 0.5:
+            raise ValueError(f"need gap >= 0 and beta_end + gap < 0.5, got gap={self.gap}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
+        return cls(**_from_mapping(cls, data, "schedule"))
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The XTRACT adapter (T2I-Adapter style). Its level widths are the backbone's.
+
+    ``in_channels``: tract channels (42 for XTRACT). ``blocks_per_level`` ResNet blocks of
+    conv3x3 -> ReLU -> conv(kernel_size) at each level. ``xi``: the constant of paper Eq. 8;
+    ``enrich`` switches Eq. 8 on. ``zero_init``: the last 1x1 convolution of each level starts at zero,
+    so a fresh adapter leaves the frozen backbone's output unchanged.
+    """
+
+    in_channels: int = 42
+    blocks_per_level: int = 2
+    kernel_size: int = 1
+    xi: float = 0.2
+    enrich: bool = True
+    zero_init: bool = True
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1 or self.blocks_per_level < 0 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"invalid adapter config: {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
+        return cls(**_from_mapping(cls, data, "adapter"))
+
+
+@dataclass(frozen=True)
+class PhyDiffConfig:
+    """The whole model: backbone, conditioning, schedule, optional adapter (None = w/o XTRACT)."""
+
+    backbone: HDiTConfig
+    conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    adapter: AdapterConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.to_dict(),
+            "conditioning": self.conditioning.to_dict(),
+            "schedule": self.schedule.to_dict(),
+            "adapter": None if self.adapter is None else self.adapter.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PhyDiffConfig:
+        d = _from_mapping(cls, data, "model")
+        if "backbone" not in d:
+            raise ValueError("model: missing key 'backbone'")
+        return cls(
+            backbone=HDiTConfig.from_dict(d["backbone"]),
+            conditioning=ConditioningConfig.from_dict(d.get("conditioning", {})),
+            schedule=ScheduleConfig.from_dict(d.get("schedule", {})),
+            adapter=None if d.get("adapter") is None else AdapterConfig.from_dict(d["adapter"]),
+        )
+
+    def replace(self, **changes: Any) -> PhyDiffConfig:
+        """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``."""
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, PhyDiffConfig] = {
+    "paper": PhyDiffConfig(
+        backbone=HDiTConfig(
+            levels=(
+                LevelConfig(width=128, depth=2, d_ff=128, d_head=64, attention="neighborhood", kernel_size=7),
+                LevelConfig(width=256, depth=2, d_ff=256, d_head=64, attention="neighborhood", kernel_size=7),
+                LevelConfig(width=512, depth=4, d_ff=512, d_head=64, attention="global"),
+            ),
+            patch_size=4,
+        ),
+        conditioning=ConditioningConfig(width=256, mapping_depth=2, mapping_d_ff=768),
+        schedule=ScheduleConfig(),
+        adapter=AdapterConfig(),
+    ),
+    "small": PhyDiffConfig(
+        backbone=HDiTConfig(
+            levels=(
+                LevelConfig(width=64, depth=2, d_ff=128, d_head=32, attention="neighborhood", kernel_size=7),
+                LevelConfig(width=128, depth=2, d_ff=256, d_head=32, attention="neighborhood", kernel_size=7),
+                LevelConfig(width=256, depth=2, d_ff=512, d_head=32, attention="global"),
+            ),
+            patch_size=4,
+        ),
+        conditioning=ConditioningConfig(width=128, mapping_depth=1, mapping_d_ff=256, fourier_features=32),
+        schedule=ScheduleConfig(),
+        adapter=AdapterConfig(blocks_per_level=1),
+    ),
+    "tiny": PhyDiffConfig(
+        backbone=HDiTConfig(
+            levels=(
+                LevelConfig(width=32, depth=1, d_ff=64, d_head=16, attention="neighborhood", kernel_size=7),
+                LevelConfig(width=64, depth=1, d_ff=128, d_head=16, attention="global"),
+            ),
+            patch_size=4,
+        ),
+        conditioning=ConditioningConfig(width=64, mapping_depth=1, mapping_d_ff=128, fourier_features=16),
+        schedule=ScheduleConfig(),
+        adapter=AdapterConfig(blocks_per_level=1),
+    ),
+}
+
+PRESET_IMAGE_SIZES: dict[str, int] = {"paper": 256, "small": 64, "tiny": 32}
+
+
+def preset(name: str) -> PhyDiffConfig:
+    """The named preset; ValueError listing the names when unknown."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; choose from {sorted(PRESETS)}") from None

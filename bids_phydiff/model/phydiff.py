@@ -1,0 +1,231 @@
+"""The Phy-Diff model: conditioning + HDiT backbone + optional XTRACT adapter + physics-guided schedule.
+
+Training target (paper Eq. 6): epsilon-MSE at a uniformly drawn step t with the per-pixel forward process
+of paper Eq. 5. Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
+never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
+grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
+see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
+
+Two training stages: ``trainable_parameters("backbone")`` trains conditioning + backbone (the adapter is
+not used); ``trainable_parameters("adapter")`` freezes them and trains only the adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapter import XtractAdapter
+from .conditioning import ConditionEmbedding
+from .config import PhyDiffConfig, preset
+from .device import autocast
+from .hdit import HDiT
+from .sampling import SamplerConfig, make_generator
+from .sampling import sample as run_sampler
+from .schedule import PhysicsSchedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DiffusionBatch:
+    """One training batch. ``target`` and ``b0`` (B, 1, H, W) in [-1, 1]; ``bval`` (B,) s/mm^2;
+    ``bvec`` (B, 3); ``slice_pos`` (B,) in [0, 1]; ``adc`` (B, 1, H, W) mm^2/s for ``bval``;
+    ``tracts`` optional (B, C, H, W)."""
+
+    target: Tensor
+    b0: Tensor
+    bval: Tensor
+    bvec: Tensor
+    slice_pos: Tensor
+    adc: Tensor
+    tracts: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        b = self.target.shape[0]
+        image = (b, 1) + tuple(self.target.shape[2:])
+        if self.target.ndim != 4 or self.target.shape[1] != 1:
+            raise ValueError(f"target must be (B, 1, H, W), got {tuple(self.target.shape)}")
+        for name in ("b0", "adc"):
+            if tuple(getattr(self, name).shape) != image:
+                raise ValueError(f"{name} must be {image}, got {tuple(getattr(self, name).shape)}")
+        if tuple(self.bval.shape) != (b,) or tuple(self.bvec.shape) != (b, 3) or tuple(self.slice_pos.shape) != (b,):
+            raise ValueError(
+                f"need bval (B,), bvec (B, 3), slice_pos (B,) with B={b}; got {tuple(self.bval.shape)}, "
+                f"{tuple(self.bvec.shape)}, {tuple(self.slice_pos.shape)}"
+            )
+        if self.tracts is not None and (
+            self.tracts.ndim != 4 or self.tracts.shape[0] != b or self.tracts.shape[2:] != self.target.shape[2:]
+        ):
+            raise ValueError(f"tracts must be (B, C, H, W) on the image grid, got {tuple(self.tracts.shape)}")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> DiffusionBatch:
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [n for n in names if n != "tracts" and n not in data]
+        if missing:
+            raise ValueError(f"batch is missing {missing}")
+        return cls(**{n: data[n] for n in names if n in data})
+
+    def to(self, device: torch.device | str) -> DiffusionBatch:
+        moved = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return DiffusionBatch(**{k: None if v is None else v.to(device) for k, v in moved.items()})
+
+
+class PhyDiff(nn.Module):
+    """The whole model. ``forward`` predicts the noise; ``loss`` is the training objective;
+    ``sample`` synthesises DWI slices."""
+
+    def __init__(self, config: PhyDiffConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.conditioning = ConditionEmbedding(config.conditioning)
+        self.backbone = HDiT(config.backbone, config.conditioning.width)
+        self.adapter = (
+            None
+            if config.adapter is None
+            else XtractAdapter(config.adapter, config.backbone.widths, config.backbone.patch_size)
+        )
+        self.schedule = PhysicsSchedule(config.schedule)
+
+    @classmethod
+    def from_preset(cls, name: str) -> PhyDiff:
+        return cls(preset(name))
+
+    # ----------------------------------------------------------------------------------------- forward
+
+    def adapter_features(self, tracts: Tensor, b0: Tensor) -> list[Tensor]:
+        if self.adapter is None:
+            raise ValueError("this model has no XTRACT adapter (config.adapter is None)")
+        return self.adapter(tracts, b0)
+
+    def _use_adapter(self, tracts: Tensor | None, use_adapter: bool | None) -> bool:
+        if use_adapter is None:
+            return self.adapter is not None and tracts is not None
+        if use_adapter and (self.adapter is None or tracts is None):
+            raise ValueError("use_adapter=True needs a model with an adapter and a tract condition")
+        return use_adapter
+
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        b0: Tensor,
+        bval: Tensor,
+        bvec: Tensor,
+        slice_pos: Tensor,
+        tracts: Tensor | None = None,
+        adapter_features: list[Tensor] | None = None,
+        use_adapter: bool | None = None,
+    ) -> Tensor:
+        """Predicted noise (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,).
+
+        The adapter runs when ``use_adapter`` is True, or when it is None and the model has an adapter
+        and ``tracts`` is given; precomputed ``adapter_features`` skip the adapter's forward.
+        """
+        cond = self.conditioning(t, bval, bvec, slice_pos)
+        if adapter_features is None and self._use_adapter(tracts, use_adapter):
+            adapter_features = self.adapter_features(tracts, b0)
+        x = torch.cat([x_t, b0.to(x_t.dtype)], dim=1)
+        return self.backbone(x, cond, adapter_features)
+
+    def loss(
+        self,
+        batch: DiffusionBatch | Mapping[str, Any],
+        *,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        use_adapter: bool | None = None,
+    ) -> Tensor:
+        """Epsilon-MSE (scalar, float32) at uniform random steps (or ``t``) and Gaussian ``noise``."""
+        if not isinstance(batch, DiffusionBatch):
+            batch = DiffusionBatch.from_mapping(batch)
+        x0 = batch.target.float()
+        b = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.schedule.num_steps, (b,), generator=generator, device=x0.device)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        g = self.schedule.excess_beta(batch.adc, batch.bval)
+        x_t = self.schedule.q_sample(x0, t, noise, g)
+        eps = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
+        return F.mse_loss(eps.float(), noise.float())
+
+    # ---------------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        b0: Tensor,
+        bval: Tensor,
+        bvec: Tensor,
+        slice_pos: Tensor,
+        adc: Tensor | None,
+        tracts: Tensor | None = None,
+        sampler: SamplerConfig = SamplerConfig(),
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        precision: Literal["fp32", "bf16"] = "fp32",
+    ) -> Tensor:
+        """Synthesise (B, 1, H, W) in the [-1, 1] intensity space of ``b0`` (B, 1, H, W).
+
+        ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
+        ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
+        Runs in eval mode (restored afterwards).
+        """
+        if generator is None and seed is not None:
+            generator = make_generator(seed, b0.device)
+        was_training = self.training
+        self.eval()
+        try:
+            g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
+            features = self.adapter_features(tracts, b0) if self._use_adapter(tracts, None) else None
+            context = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
+
+            def eps_fn(x: Tensor, t: Tensor) -> Tensor:
+                with context:
+                    eps = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
+                return eps.float()
+
+            return run_sampler(eps_fn, self.schedule, g, tuple(b0.shape), sampler, b0, generator, b0.device)
+        finally:
+            self.train(was_training)
+
+    # -------------------------------------------------------------------------------------- parameters
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Conditioning and HDiT parameters (what the first training stage optimises)."""
+        return list(self.conditioning.parameters()) + list(self.backbone.parameters())
+
+    def trainable_parameters(self, stage: Literal["backbone", "adapter"]) -> list[nn.Parameter]:
+        """Set ``requires_grad`` for a training stage and return the parameters to optimise."""
+        if stage not in ("backbone", "adapter"):
+            raise ValueError(f"stage must be 'backbone' or 'adapter', got {stage!r}")
+        if stage == "adapter" and self.adapter is None:
+            raise ValueError("this model has no XTRACT adapter to train")
+        train_backbone = stage == "backbone"
+        for p in self.backbone_parameters():
+            p.requires_grad_(train_backbone)
+        if self.adapter is not None:
+            for p in self.adapter.parameters():
+                p.requires_grad_(not train_backbone)
+        return self.backbone_parameters() if train_backbone else list(self.adapter.parameters())
+
+    def parameter_count(self, part: Literal["backbone", "adapter", "all"] = "all") -> int:
+        if part == "backbone":
+            params = self.backbone_parameters()
+        elif part == "adapter":
+            params = [] if self.adapter is None else list(self.adapter.parameters())
+        elif part == "all":
+            params = list(self.parameters())
+        else:
+            raise ValueError(f"part must be 'backbone', 'adapter' or 'all', got {part!r}")
+        return sum(p.numel() for p in params)

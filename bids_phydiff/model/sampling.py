@@ -1,0 +1,210 @@
+"""Samplers for the per-pixel (physics-guided) DDPM: ancestral DDPM and DDIM, from noise or SDEdit.
+
+A sampler drives ``eps_fn(x_t, t) -> eps`` (x_t (B, 1, H, W) float32, t (B,) int64) with the per-pixel
+schedule of :class:`~.schedule.PhysicsSchedule` and the sample's excess beta ``g`` (B, 1, H, W) (None =
+plain DDPM). Everything runs batched; the noise comes from one ``torch.Generator`` on the images' device,
+so a seed fixes the result on a given device.
+
+Starts: ``"noise"`` = pure Gaussian noise at t = T - 1; ``"sdedit"`` = the reference image (the b0 slice)
+noised by the physics-guided forward process to ``t0 = round(strength * T) - 1`` (the official inference:
+strength 0.8 -> t0 = 799, then every step down to 0 for DDPM).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Mapping
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .schedule import PhysicsSchedule
+
+log = logging.getLogger(__name__)
+
+EpsFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How to sample.
+
+    ``method``: ``"ddpm"`` (ancestral, every step from the start; ``steps`` ignored) or ``"ddim"`` (``steps``
+    model evaluations, ``eta`` = 0 deterministic, 1 = DDPM-like noise). ``clip_x0``: clamp the predicted
+    x0 to [-clip_x0, clip_x0] at each step (None = no clamp; intensities above the 99.5th percentile exceed
+    1 in this project's normalisation, so clamping is off by default). ``progress``: a tqdm bar
+    (None = only on a terminal).
+    """
+
+    method: Literal["ddpm", "ddim"] = "ddim"
+    steps: int = 50
+    eta: float = 0.0
+    start: Literal["noise", "sdedit"] = "sdedit"
+    strength: float = 0.8
+    clip_x0: float | None = None
+    progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler method must be 'ddpm' or 'ddim', got {self.method!r}")
+        if self.start not in ("noise", "sdedit"):
+            raise ValueError(f"sampler start must be 'noise' or 'sdedit', got {self.start!r}")
+        if self.steps < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+        if self.eta < 0:
+            raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"SDEdit strength must be in (0, 1], got {self.strength}")
+        if self.clip_x0 is not None and self.clip_x0 <= 0:
+            raise ValueError(f"clip_x0 must be positive or None, got {self.clip_x0}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SamplerConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"sampler: unknown keys {unknown}")
+        return cls(**data)
+
+
+def start_step(config: SamplerConfig, num_steps: int) -> int:
+    """The first (noisiest) timestep of the reverse process."""
+    if config.start == "noise":
+        return num_steps - 1
+    return max(0, min(num_steps - 1, round(config.strength * num_steps) - 1))
+
+
+def timesteps(config: SamplerConfig, num_steps: int) -> list[int]:
+    """Descending timesteps the model is evaluated at."""
+    first = start_step(config, num_steps)
+    if config.method == "ddpm":
+        return list(range(first, -1, -1))
+    count = min(config.steps, first + 1)
+    if count == 1:
+        return [first]
+    grid = torch.linspace(first, 0, count, dtype=torch.float64).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+def _predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
+    """x0 and eps from the network's eps; when clipping, eps is made consistent with the clipped x0."""
+    a = abar.sqrt().to(x.dtype)
+    s = (1.0 - abar).sqrt().to(x.dtype)
+    x0 = (x - s * eps) / a
+    if clip is not None:
+        x0 = x0.clamp(-clip, clip)
+        eps = (x - a * x0) / s
+    return x0, eps
+
+
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _steps_bar(steps: list[int], progress: bool | None, what: str):
+    disable = None if progress is None else not progress
+    return tqdm(steps, desc=what, disable=disable, leave=False)
+
+
+def ddpm_loop(
+    eps_fn: EpsFn,
+    schedule: PhysicsSchedule,
+    g: Tensor | None,
+    x: Tensor,
+    first: int,
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """Ancestral sampling from x at step ``first`` down to 0, with per-pixel alphas; returns x0."""
+    batch = x.shape[0]
+    for step in _steps_bar(list(range(first, -1, -1)), progress, "DDPM"):
+        t = torch.full((batch,), step, device=x.device, dtype=torch.long)
+        eps = eps_fn(x, t).to(x.dtype)
+        abar = schedule.alpha_bar(t, g)
+        abar_prev = schedule.alpha_bar_prev(t, g)
+        beta = schedule.beta(t, g)
+        x0, _ = _predict_x0(x, eps, abar, clip_x0)
+        # posterior q(x_{t-1} | x_t, x0) with per-pixel beta_t(x)
+        c0 = (abar_prev.sqrt() * beta / (1.0 - abar)).to(x.dtype)
+        ct = ((1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar)).to(x.dtype)
+        x = c0 * x0 + ct * x
+        if step > 0:
+            var = (beta * (1.0 - abar_prev) / (1.0 - abar)).to(x.dtype)
+            x = x + var.sqrt() * _noise_like(x, generator)
+    return x
+
+
+def ddim_loop(
+    eps_fn: EpsFn,
+    schedule: PhysicsSchedule,
+    g: Tensor | None,
+    x: Tensor,
+    steps: list[int],
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    clip_x0: float | None = None,
+    progress: bool | None = None,
+) -> Tensor:
+    """DDIM over the descending ``steps`` (x is at ``steps[0]``), per-pixel alpha-bars; returns x0."""
+    batch = x.shape[0]
+    for i, step in enumerate(_steps_bar(steps, progress, "DDIM")):
+        t = torch.full((batch,), step, device=x.device, dtype=torch.long)
+        eps = eps_fn(x, t).to(x.dtype)
+        abar = schedule.alpha_bar(t, g)
+        x0, eps = _predict_x0(x, eps, abar, clip_x0)
+        if i + 1 == len(steps):
+            return x0
+        t_next = torch.full_like(t, steps[i + 1])
+        abar_next = schedule.alpha_bar(t_next, g)
+        sigma = eta * ((1.0 - abar_next) / (1.0 - abar) * (1.0 - abar / abar_next)).clamp_min(0.0).sqrt()
+        direction = (1.0 - abar_next - sigma**2).clamp_min(0.0).sqrt()
+        x = abar_next.sqrt().to(x.dtype) * x0 + direction.to(x.dtype) * eps
+        if eta > 0:
+            x = x + sigma.to(x.dtype) * _noise_like(x, generator)
+    return x
+
+
+def sample(
+    eps_fn: EpsFn,
+    schedule: PhysicsSchedule,
+    g: Tensor | None,
+    shape: tuple[int, ...],
+    config: SamplerConfig = SamplerConfig(),
+    reference: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Run ``config``'s sampler; returns x0 (``shape``, float32).
+
+    ``reference`` (``shape``): the image SDEdit starts from (the b0 slice in [-1, 1]); required for
+    ``start="sdedit"``. ``generator``: on the sampling device (see :func:`make_generator`).
+    """
+    if device is None:
+        device = reference.device if reference is not None else (g.device if g is not None else "cpu")
+    device = torch.device(device)
+    steps = timesteps(config, schedule.num_steps)
+    first = steps[0]
+    noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    if config.start == "noise":
+        x = noise
+    else:
+        if reference is None:
+            raise ValueError("SDEdit sampling needs the reference image (the b0 slice)")
+        if tuple(reference.shape) != tuple(shape):
+            raise ValueError(f"reference {tuple(reference.shape)} does not match the sample shape {tuple(shape)}")
+        t0 = torch.full((shape[0],), first, device=device, dtype=torch.long)
+        x = schedule.q_sample(reference.to(device, torch.float32), t0, noise, g)
+    log.debug("sampling %s with %s from t=%d (%d model evaluations)", tuple(shape), config.method, first, len(steps))
+    if config.method == "ddpm":
+        return ddpm_loop(eps_fn, schedule, g, x, first, generator, config.clip_x0, config.progress)
+    return ddim_loop(eps_fn, schedule, g, x, steps, config.eta, generator, config.clip_x0, config.progress)
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``."""
+    return torch.Generator(device=torch.device(device)).manual_seed(int(seed))
