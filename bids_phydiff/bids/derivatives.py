@@ -18,13 +18,18 @@ from .layout import DwiRun, filename_entities
 
 BIDS_VERSION = "1.10.0"
 
+# Patterns as bids-validator-deno 3 matches them (measured: "*_desc-*_dwi.bval" does not match but
+# "**/*desc-*_dwi.bval" does; a folder below sub-X needs "**/"). The derivative rules of the BIDS schema
+# have no .bval/.bvec, dwiref or xfm files for dwi, so those are ignored rather than invalid.
 BIDSIGNORE = [
     "models/",
-    "figures/",
     "logs/",
+    "**/figures",
     "*.html",
-    "*_desc-*_dwi.bval",
-    "*_desc-*_dwi.bvec",
+    "**/*desc-*_dwi.bval",
+    "**/*desc-*_dwi.bvec",
+    "**/*_dwiref.*",
+    "**/*_xfm.*",
 ]
 
 # entity order of the BIDS specification for the entities these derivatives use
@@ -136,3 +141,40 @@ def init_output_dir(output_dir: Path, bids_dir: Path) -> None:
 def bids_uri(path: Path, bids_dir: Path) -> str:
     """``bids:raw:sub-01/dwi/...`` for a file of the input dataset (the DatasetLinks key is 'raw')."""
     return f"bids:raw:{Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
+
+
+# Template identifiers of the BIDS specification (Appendix: coordinate systems); other spaces need a
+# SpatialReference in their sidecars.
+STANDARD_SPACES = frozenset({
+    "ICBM452AirSpace", "ICBM452Warp5Space", "IXI549Space", "fsaverage", "fsaverageSym", "fsLR", "MNIColin27",
+    "MNI152Lin", "MNI152NLin2009aSym", "MNI152NLin2009bSym", "MNI152NLin2009cSym", "MNI152NLin2009aAsym",
+    "MNI152NLin2009bAsym", "MNI152NLin2009cAsym", "MNI152NLin6Sym", "MNI152NLin6ASym", "MNI305", "NIHPD",
+    "OASIS30AntsOASISAnts", "OASIS30Atropos", "Talairach", "UNCInfant",
+})
+
+# Acquisition fields that describe the native slice/phase geometry and are wrong after resampling.
+_SPATIAL_FIELDS = ("SliceTiming", "SliceEncodingDirection", "PhaseEncodingDirection", "SliceThickness")
+
+
+def space_metadata(template: str, resolution_mm: float, template_file: Path | None = None) -> dict:
+    """``Resolution`` (always: the res- entity needs it) and ``SpatialReference`` (for non-standard spaces;
+    MNI152NLin6Asym is spelt MNI152NLin6ASym in the specification)."""
+    meta = {"Resolution": f"{resolution_mm:g} mm isotropic grid of the {template} template"}
+    standard = {s.lower() for s in STANDARD_SPACES}
+    if template.lower() not in standard and template_file is not None:
+        meta["SpatialReference"] = Path(template_file).resolve().as_uri()
+    return meta
+
+
+def resampled_sidecar(source_sidecar: Path | None, extra: dict) -> dict:
+    """The raw sidecar's acquisition fields that stay true after resampling, updated with ``extra``."""
+    meta = {}
+    if source_sidecar is not None and Path(source_sidecar).is_file():
+        try:
+            meta = json.loads(Path(source_sidecar).read_text())
+        except json.JSONDecodeError:
+            meta = {}
+    for key in _SPATIAL_FIELDS:
+        meta.pop(key, None)
+    meta.update(extra)
+    return meta

@@ -375,8 +375,8 @@ def register_b0_to_template(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     moving = masked_image(b0, b0_mask, work_dir / "b0_brain.nii.gz")
-    if grid.b0 is not None:
-        fixed = grid.b0
+    if grid.b0 is not None:  # brain to brain, as the moving side is
+        fixed = masked_image(grid.b0, grid.mask, work_dir / "template_b0_brain.nii.gz")
     elif grid.brain_t1w is not None:
         fixed = grid.brain_t1w
     else:

@@ -286,9 +286,11 @@ def _make_grid(name: str, resolution_mm: float, found: _Resolution, root: Path) 
     if abs(found.spacing - resolution_mm) <= SPACING_TOLERANCE_MM and np.allclose(
         voxel_sizes(ref.affine), resolution_mm, atol=SPACING_TOLERANCE_MM
     ):
-        shape, affine = tuple(ref.shape[:3]), ref.affine
+        shape, affine, label = tuple(ref.shape[:3]), ref.affine, found.label
     else:
+        # a grid of our own: its res- label must not be one the template uses for another grid
         shape, affine = regrid(ref.affine, ref.shape[:3], resolution_mm)
+        label = f"{resolution_mm:g}".replace(".", "p") + "mm"
     reference = files.get("t1w") or files.get("brain_t1w") or files["b0"]
     grid = TemplateGrid(
         name=name,
@@ -301,7 +303,7 @@ def _make_grid(name: str, resolution_mm: float, found: _Resolution, root: Path) 
         b0=files.get("b0"),
         source_resolution_mm=found.spacing,
         home=root,
-        res_label=found.label,
+        res_label=label,
     )
     log.info("template %s: %g mm grid %s from %s (%g mm)", name, resolution_mm, grid.shape,
              reference.name, found.spacing)
