@@ -203,15 +203,28 @@ def test_cuda_requested_without_gpu_is_an_error(tiny_bids, tmp_path, caplog):
     assert "no CUDA device" in caplog.text
 
 
-@pytest.mark.parametrize("option", [["--sampler", "ddim"], ["--max-steps", "5"], ["--target-shells", "1000"]])
-def test_options_of_later_stages_say_not_implemented(option, tiny_bids, tmp_path, caplog):
-    from bids_phydiff.cli.run import IMPLEMENTED
+@pytest.mark.parametrize("level, option, message", [
+    ("participant", ["--max-steps", "5"], "group-level option"),
+    ("participant", ["--sampler", "ddim"], "need(s) --model"),
+    ("participant", ["--target-shells", "1000"], "need(s) --model"),
+    ("group", ["--samples", "2"], "participant-level option"),
+])
+def test_an_option_of_the_other_level_is_a_usage_error(level, option, message, tiny_bids, tmp_path, caplog):
+    from bids_phydiff.cli.run import main
 
-    dest = option[0].lstrip("-").replace("-", "_")
-    if dest in IMPLEMENTED:
-        pytest.skip(f"{option[0]} is implemented now")
-    assert run_app(tiny_bids, tmp_path / "out", *option, tmp_path=tmp_path) == 64
-    assert "not implemented yet" in caplog.text
+    code = main([str(tiny_bids), str(tmp_path / "out"), level, "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", *option])
+    assert code == 64
+    assert message in caplog.text and option[0] in caplog.text
+
+
+def test_model_that_is_not_a_bundle_is_named(tiny_bids, tmp_path, caplog):
+    from bids_phydiff.cli.run import main
+
+    (tmp_path / "notabundle").mkdir()
+    code = main([str(tiny_bids), str(tmp_path / "out"), "participant", "-w", str(tmp_path / "work"),
+                 "--skip-bids-validation", "--model", str(tmp_path / "notabundle")])
+    assert code == 66 and "notabundle" in caplog.text and "config.json" in caplog.text
 
 
 def test_config_is_frozen_and_saved_to_work_dir_and_logs(tiny_bids, tmp_path):

@@ -1,9 +1,8 @@
-"""Registration, one-step resampling and b-vector rotation on the real data (antspyx, dipy, TemplateFlow).
+"""Registration and one-step resampling on real data (antspyx, TemplateFlow), function by function.
 
-sub-toshiba: five acquisitions of one head with tilted slice stacks and no T1w; each b0 is registered
-straight to MNI152NLin6Asym on a 4 mm grid (4 mm keeps the test fast; the steps are the same at 2 mm).
-After rotation the tensor directions must agree between acquisitions; without it they must not.
-sub-xa30: b0 -> T1w rigid, T1w -> template SyN, composed into one transform per direction (.h5).
+sub-xa30: b0 -> T1w rigid, T1w -> template SyN, composed into one transform per direction (.h5), on a
+4 mm MNI152NLin6Asym grid. (The whole prepare stage on sub-toshiba and sub-xa30, including the b-vector
+rotation, is tested through the app in test_workflow_real.py.)
 
 Every ANTs call here runs with the process's temporary directory pointed at a private folder, which must
 be empty at the end.
@@ -12,7 +11,6 @@ be empty at the end.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -23,12 +21,10 @@ import pytest
 
 from bids_phydiff.errors import NoInputError
 from bids_phydiff.prep.b0 import write_b0_reference
-from bids_phydiff.prep.gradients import read_fsl, write_reoriented_fsl
 from bids_phydiff.prep.mask import write_brain_mask
 from bids_phydiff.prep.registration import (
     register,
     register_b0_to_t1w,
-    register_b0_to_template,
     register_t1w_to_template,
     t1w_brain,
 )
@@ -37,7 +33,6 @@ from bids_phydiff.prep.templates import TemplateError, load_template, resample_t
 
 THREADS = 2
 RESOLUTION = 4.0
-TOSHIBA = ("ortho", "ax30", "sag30", "cor20", "all20")
 
 
 @pytest.fixture(scope="module")
@@ -63,84 +58,6 @@ def grid(shared_templateflow):
 def _prepare_b0(stem: Path, wd: Path) -> tuple[Path, Path]:
     b0 = write_b0_reference(f"{stem}.nii.gz", f"{stem}.bval", wd / "b0.nii.gz")
     return b0, write_brain_mask(b0, wd / "b0_mask.nii.gz")
-
-
-@pytest.fixture(scope="module")
-def toshiba(real_bids, grid, tmp_path_factory, system_tmp):
-    """Each acquisition: b0 -> template, DWI resampled once, bvecs rotated (and a copy left unrotated)."""
-    out = {}
-    for acq in TOSHIBA:
-        stem = real_bids / "sub-toshiba" / "dwi" / f"sub-toshiba_acq-{acq}_dwi"
-        wd = tmp_path_factory.mktemp(f"toshiba_{acq}")
-        b0, mask = _prepare_b0(stem, wd)
-        reg = register_b0_to_template(b0, mask, grid, wd, threads=THREADS, seed=0)
-        forward, inverse = write_transforms(reg.chain, wd / "from-dwi_to-tpl_xfm.h5", wd / "from-tpl_to-dwi_xfm.h5",
-                                            wd, THREADS)
-        dwi = resample_dwi(f"{stem}.nii.gz", forward, grid, wd / "dwi_tpl.nii.gz", wd, THREADS)
-        rotated = write_reoriented_fsl(f"{stem}.bval", f"{stem}.bvec", f"{stem}.nii.gz", dwi,
-                                       wd / "dwi_tpl.bval", wd / "dwi_tpl.bvec", [forward])
-        out[acq] = {"dwi": dwi, "rotated": rotated, "unrotated": (Path(f"{stem}.bval"), Path(f"{stem}.bvec")),
-                    "forward": forward, "inverse": inverse, "b0": b0, "mask": mask, "wd": wd}
-    return out
-
-
-def _principal_directions(runs: dict, which: str, grid) -> tuple[np.ndarray, dict]:
-    """(WM mask, acquisition -> principal eigenvectors) from dipy DTI fits in the template grid."""
-    import dipy.reconst.dti as dti
-    from dipy.core.gradients import gradient_table
-
-    brain = template_image(grid, "mask")
-    fa, evecs = {}, {}
-    for acq, run in runs.items():
-        table = read_fsl(*run[which])
-        data = nib.load(run["dwi"]).get_fdata(dtype=np.float32)
-        fit = dti.TensorModel(gradient_table(table.bvals, bvecs=table.bvecs)).fit(data, mask=brain)
-        fa[acq], evecs[acq] = fit.fa, fit.evecs[..., :, 0]
-    wm = brain & (np.mean(list(fa.values()), axis=0) > 0.3)
-    return wm, evecs
-
-
-def _pairwise_median_angles(wm, evecs) -> dict:
-    angles = {}
-    for a, b in itertools.combinations(evecs, 2):
-        cos = np.abs(np.sum(evecs[a][wm] * evecs[b][wm], axis=-1)).clip(0, 1)
-        angles[(a, b)] = float(np.degrees(np.median(np.arccos(cos))))
-    return angles
-
-
-@pytest.fixture(scope="module")
-def rotated_fits(toshiba, grid):
-    return _principal_directions(toshiba, "rotated", grid)
-
-
-def test_toshiba_tensor_directions_agree_after_rotation(rotated_fits):
-    wm, evecs = rotated_fits
-    assert wm.sum() > 1000  # enough white matter found in the template grid
-    angles = _pairwise_median_angles(wm, evecs)
-    print("median angles, rotated:", {k: round(v, 1) for k, v in angles.items()})
-    assert max(angles.values()) < 15.0
-
-
-def test_toshiba_tensor_directions_disagree_without_rotation(toshiba, grid, rotated_fits):
-    """The same test fails with the b-vectors left as written for the tilted source axes."""
-    wm, evecs = _principal_directions(toshiba, "unrotated", grid)
-    unrotated = _pairwise_median_angles(wm, evecs)
-    rotated = _pairwise_median_angles(wm, rotated_fits[1])
-    print("median angles, unrotated:", {k: round(v, 1) for k, v in unrotated.items()})
-    assert max(unrotated.values()) > 20.0
-    assert np.median(list(unrotated.values())) > 2 * np.median(list(rotated.values()))
-
-
-def test_toshiba_outputs_are_on_the_template_grid(toshiba, grid):
-    for run in toshiba.values():
-        img = nib.load(run["dwi"])
-        assert img.shape == grid.shape + (13,)
-        np.testing.assert_allclose(img.affine, grid.affine)
-        assert img.get_data_dtype() == np.float32 and float(np.asarray(img.dataobj).min()) >= 0.0
-        table = read_fsl(*run["rotated"])
-        np.testing.assert_array_equal(table.bvals, read_fsl(*run["unrotated"]).bvals)
-        norms = np.linalg.norm(table.bvecs[table.bvals > 50], axis=1)
-        np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
 def _ncc(a, b, mask):
@@ -250,5 +167,5 @@ def test_missing_input_is_named(tmp_path, xa30):
         register(xa30["b0"], xa30["t1w"], "elastic", tmp_path)
 
 
-def test_nothing_left_in_the_temporary_directory(system_tmp, toshiba, xa30):
+def test_nothing_left_in_the_temporary_directory(system_tmp, xa30):
     assert sorted(os.listdir(system_tmp)) == []

@@ -18,18 +18,19 @@ from .layout import DwiRun, filename_entities
 
 BIDS_VERSION = "1.10.0"
 
-# Patterns as bids-validator-deno 3 matches them (measured: "*_desc-*_dwi.bval" does not match but
-# "**/*desc-*_dwi.bval" does; a folder below sub-X needs "**/"). The derivative rules of the BIDS schema
-# have no .bval/.bvec, dwiref or xfm files for dwi, so those are ignored rather than invalid.
+# Patterns as bids-validator-deno 3 matches them (measured: a folder below sub-X needs "**/", and a pattern
+# with two wildcards such as "*desc-*_dwi.bval" misses names with a dir- entity). The derivative rules of the
+# BIDS schema have no .bval/.bvec, dwiref or xfm files for dwi, so those are ignored rather than invalid.
 BIDSIGNORE = [
     "models/",
     "logs/",
     "**/figures",
     "*.html",
-    "**/*desc-*_dwi.bval",
-    "**/*desc-*_dwi.bvec",
+    "**/*_dwi.bval",
+    "**/*_dwi.bvec",
     "**/*_dwiref.*",
     "**/*_xfm.*",
+    "**/*metrics.tsv",
 ]
 
 # entity order of the BIDS specification for the entities these derivatives use
@@ -82,6 +83,14 @@ def atomic_path(target: Path):
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` that a killed run (SIGKILL) left behind."""
+    stale = [p for p in Path(output_dir).rglob(".*.tmp*") if p.is_file() and ".tmp" in p.name]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_json(target: Path, data: dict) -> Path:

@@ -16,7 +16,54 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import NoInputError, OutputError, UsageError
-from .parser import LATER_OPTION_DESTS
+from .parser import SYNTH_OPTION_DESTS, TRAIN_OPTION_DESTS
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Group level: what to train and where the bundle goes (``output_dir/models/model-<label>``)."""
+
+    train_config: str = "paper"
+    """a preset name (train.config) or the path of a YAML/JSON file"""
+    max_steps: int | None = None
+    batch_size: int | None = None
+    val_subjects: tuple[str, ...] | None = None
+    """None: chosen from the seed (20% of subjects when there are at least 3)"""
+    model_label: str = "default"
+    resume: bool = False
+    xtract_atlas: Path | None = None
+    """None: look under $FSLDIR"""
+    use_xtract: bool = True
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """Participant level with ``--model``: which gradients to synthesise and how to sample."""
+
+    target_scheme: tuple[str, ...] = ("acquired",)
+    """("acquired",) or (bval path, bvec path)"""
+    target_shells: tuple[float, ...] = ()
+    """s/mm^2; when set, overrides target_scheme"""
+    target_directions: int = 30
+    sampler: str = "ddim"
+    steps: int = 50
+    strength: float = 0.8
+    samples: int = 1
+    batch_size: int = 16
+    output_space: str = "template"
+
+
+def _plain(value):
+    """JSON-ready copy: paths as strings, tuples as lists, dataclasses as dicts."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
 
 
 @dataclass(frozen=True)
@@ -44,6 +91,8 @@ class RunConfig:
     template: str = "MNI152NLin6Asym"
     output_resolution: float = 2.0
     model: Path | None = None
+    train: TrainOptions = field(default_factory=TrainOptions)
+    synth: SynthOptions = field(default_factory=SynthOptions)
     verbose: int = 0
     version: str = __version__
     run_id: str = ""
@@ -54,15 +103,7 @@ class RunConfig:
         return self.bids_database_dir or self.work_dir / "bids_db"
 
     def to_dict(self) -> dict:
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Path):
-                value = str(value)
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[f.name] = value
-        return out
+        return _plain(self)
 
     def save(self) -> list[Path]:
         """Write the config to the work dir and to output_dir/logs; return the two paths."""
@@ -107,16 +148,9 @@ def _load_plugin(path: Path) -> dict:
     return data
 
 
-def build_config(args: argparse.Namespace, implemented: frozenset[str] = frozenset()) -> RunConfig:
-    """Check the arguments against each other and the file system; return the frozen config.
-
-    ``implemented`` names the options of later stages that this version already supports;
-    any other such option that was set stops the run with a clear message.
-    """
-    for dest in ("model", *LATER_OPTION_DESTS):
-        if getattr(args, dest, None) is not None and dest not in implemented:
-            flag = "--" + dest.replace("_", "-")
-            raise UsageError(f"{flag} is not implemented yet in bids_phydiff {__version__}")
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """Check the arguments against each other and the file system; return the frozen config."""
+    train, synth = _level_options(args)
 
     bids_dir = args.bids_dir.expanduser().resolve()
     output_dir = args.output_dir.expanduser().resolve()
@@ -181,9 +215,80 @@ def build_config(args: argparse.Namespace, implemented: frozenset[str] = frozens
         template=args.template,
         output_resolution=args.output_resolution,
         model=args.model.expanduser().resolve() if args.model else None,
+        train=train,
+        synth=synth,
         verbose=args.verbose,
         run_id=f"{stamp}_{uuid.uuid4().hex[:8]}",
     )
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _level_options(args: argparse.Namespace) -> tuple[TrainOptions, SynthOptions]:
+    """The group or synthesis options, checked; an option of the other level stops the run."""
+    given = lambda dests: [d for d in dests if getattr(args, d, None) is not None]  # noqa: E731
+    level = args.analysis_level
+    if level == "group":
+        wrong = given(SYNTH_OPTION_DESTS) + (["model"] if args.model is not None else [])
+        if wrong:
+            raise UsageError(f"{', '.join(map(_flag, wrong))}: participant-level option(s), not for the group level")
+    else:
+        wrong = given(TRAIN_OPTION_DESTS)
+        if wrong:
+            raise UsageError(f"{', '.join(map(_flag, wrong))}: group-level option(s), not for the participant level")
+        if args.model is None and (given(SYNTH_OPTION_DESTS) or args.batch_size is not None):
+            extra = given(SYNTH_OPTION_DESTS) + (["batch_size"] if args.batch_size is not None else [])
+            raise UsageError(f"{', '.join(map(_flag, extra))} need(s) --model (a trained bundle to synthesise with)")
+    train = TrainOptions()
+    if level == "group":
+        atlas = args.xtract_atlas
+        use_xtract = not (atlas is not None and atlas.lower() == "none")
+        atlas_path = Path(atlas).expanduser().resolve() if atlas is not None and use_xtract else None
+        if atlas_path is not None and not atlas_path.exists():
+            raise NoInputError(f"--xtract-atlas {atlas_path}: not found")
+        train = TrainOptions(
+            train_config=args.train_config or "paper",
+            max_steps=args.max_steps,
+            batch_size=args.batch_size,
+            val_subjects=tuple(args.val_subjects) if args.val_subjects is not None else None,
+            model_label=args.model_label or "default",
+            resume=bool(args.resume),
+            xtract_atlas=atlas_path,
+            use_xtract=use_xtract,
+        )
+    synth = SynthOptions()
+    if level == "participant" and args.model is not None:
+        model = args.model.expanduser()
+        if not (model / "config.json").is_file():
+            raise NoInputError(f"--model {model}: not a model bundle (no config.json in it)")
+        scheme = tuple(args.target_scheme or ("acquired",))
+        if scheme != ("acquired",):
+            if len(scheme) != 2:
+                raise UsageError("--target-scheme takes 'acquired' or two files: a .bval and a .bvec")
+            paths = tuple(Path(p).expanduser().resolve() for p in scheme)
+            for path in paths:
+                if not path.is_file():
+                    raise NoInputError(f"--target-scheme {path}: file not found")
+            scheme = tuple(str(p) for p in paths)
+        if args.target_shells and args.target_scheme:
+            raise UsageError("give either --target-scheme or --target-shells, not both")
+        if args.target_directions is not None and not args.target_shells:
+            raise UsageError("--target-directions needs --target-shells")
+        defaults = SynthOptions()
+        synth = SynthOptions(
+            target_scheme=scheme,
+            target_shells=tuple(args.target_shells or ()),
+            target_directions=args.target_directions or defaults.target_directions,
+            sampler=args.sampler or defaults.sampler,
+            steps=args.steps or defaults.steps,
+            strength=args.strength if args.strength is not None else defaults.strength,
+            samples=args.samples or defaults.samples,
+            batch_size=args.batch_size or defaults.batch_size,
+            output_space=args.output_space or defaults.output_space,
+        )
+    return train, synth
 
 
 def _require_cuda() -> None:

@@ -186,31 +186,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = parser.add_argument_group("model (group level trains it, participant level with --model uses it)")
     model.add_argument("--model", type=Path, metavar="DIR", help="a trained model bundle: synthesise DWI with it")
-    for flag, kwargs in _LATER_OPTIONS:
-        model.add_argument(flag, **kwargs)
+    model.add_argument("--batch-size", dest="batch_size", type=_positive_int,
+                       help="group: slices per training step (global, over all GPUs); participant: slices per "
+                            "sampling batch")
+
+    train = parser.add_argument_group("group level: training")
+    for flag, kwargs in TRAIN_OPTIONS:
+        train.add_argument(flag, **kwargs)
+    synth = parser.add_argument_group("participant level with --model: synthesis")
+    for flag, kwargs in SYNTH_OPTIONS:
+        synth.add_argument(flag, **kwargs)
     return parser
 
 
-# Options that belong to stages not built yet. They are parsed so the interface is stable,
-# and a run that sets one stops with a clear message instead of ignoring it.
-_LATER_OPTIONS: list[tuple[str, dict]] = [
-    ("--train-config", dict(dest="train_config", metavar="NAME|FILE", help="group: training preset or YAML/JSON")),
-    ("--max-steps", dict(dest="max_steps", type=_positive_int, help="group: training steps")),
-    ("--batch-size", dict(dest="batch_size", type=_positive_int, help="group: training batch; participant: sampling batch")),
-    ("--val-subjects", dict(dest="val_subjects", nargs="+", type=_label_list, help="group: held-out subjects")),
-    ("--model-label", dict(dest="model_label", type=_label_list, help="group: name of models/model-<label>")),
-    ("--resume", dict(dest="resume", action="store_true", default=None, help="group: continue from the last checkpoint")),
-    ("--xtract-atlas", dict(dest="xtract_atlas", type=Path, help="group: XTRACT atlas (4D probabilities or labels)")),
-    ("--target-scheme", dict(dest="target_scheme", nargs="+", metavar="acquired|BVAL BVEC", help="participant: gradients to synthesise")),
-    ("--target-shells", dict(dest="target_shells", help="participant: comma-separated b-values to synthesise")),
-    ("--target-directions", dict(dest="target_directions", type=_positive_int, help="participant: directions per shell")),
-    ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"], help="participant: reverse-diffusion sampler")),
-    ("--steps", dict(dest="steps", type=_positive_int, help="participant: sampling steps")),
-    ("--strength", dict(dest="strength", type=_positive_float, help="participant: SDEdit start (1.0 = pure noise)")),
-    ("--samples", dict(dest="samples", type=_positive_int, help="participant: independent samples per volume")),
-    ("--output-space", dict(dest="output_space", choices=["template", "native"], help="participant: space of synthetic DWI")),
+def _shells(value: str) -> tuple[float, ...]:
+    try:
+        shells = tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a comma-separated list of b-values") from None
+    if not shells or any(not b > 0 for b in shells):
+        raise argparse.ArgumentTypeError(f"'{value}': b-values must be positive numbers (s/mm^2)")
+    return shells
+
+
+def _strength(value: str) -> float:
+    number = float(value)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: the strength must be in (0, 1]")
+    return number
+
+
+# Options of one level only; set at the other level they stop the run with a clear message
+# (cli.config.build_config). Their defaults (None) are resolved there.
+TRAIN_OPTIONS: list[tuple[str, dict]] = [
+    ("--train-config", dict(dest="train_config", metavar="NAME|FILE",
+                            help="training preset (paper, small, tiny) or a YAML/JSON file; default: paper")),
+    ("--max-steps", dict(dest="max_steps", type=_positive_int, help="training steps (overrides the config)")),
+    ("--val-subjects", dict(dest="val_subjects", nargs="+", type=_label_list, metavar="LABEL",
+                            help="held-out subjects for the validation loss (default: 20%% of subjects when >= 3)")),
+    ("--model-label", dict(dest="model_label", type=_label_list, help="write output_dir/models/model-<label> "
+                                                                       "(default: default)")),
+    ("--resume", dict(dest="resume", action="store_true", default=None,
+                      help="continue the training of --model-label from its last checkpoint in the work dir")),
+    ("--xtract-atlas", dict(dest="xtract_atlas", metavar="PATH|none",
+                            help="XTRACT atlas on the template (4D probabilities or a label map) for the adapter "
+                                 "stage; default: $FSLDIR/data/atlases/XTRACT; 'none': no adapter stage")),
 ]
-LATER_OPTION_DESTS: tuple[str, ...] = tuple(kwargs["dest"] for _, kwargs in _LATER_OPTIONS)
+SYNTH_OPTIONS: list[tuple[str, dict]] = [
+    ("--target-scheme", dict(dest="target_scheme", nargs="+", metavar="acquired|BVAL BVEC",
+                             help="gradients to synthesise: 'acquired' (each run's own; default, allows "
+                                  "evaluation) or a bval and a bvec file")),
+    ("--target-shells", dict(dest="target_shells", type=_shells, metavar="B,B,...",
+                             help="synthesise these shells (s/mm^2, e.g. 1000,2000,3000) instead of a scheme")),
+    ("--target-directions", dict(dest="target_directions", type=_positive_int,
+                                 help="uniformly spread directions per shell with --target-shells (default 30)")),
+    ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"], help="reverse diffusion sampler (default ddim)")),
+    ("--steps", dict(dest="steps", type=_positive_int, help="DDIM steps (default 50; DDPM always takes 1000)")),
+    ("--strength", dict(dest="strength", type=_strength,
+                        help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise (default 0.8)")),
+    ("--samples", dict(dest="samples", type=_positive_int,
+                       help="independent samples per volume: the mean is written, and the standard deviation "
+                            "as an uncertainty map when > 1 (default 1)")),
+    ("--output-space", dict(dest="output_space", choices=["template", "native"],
+                            help="template (default) or native: also resample into the run's own DWI grid")),
+]
+TRAIN_OPTION_DESTS: tuple[str, ...] = tuple(kwargs["dest"] for _, kwargs in TRAIN_OPTIONS)
+SYNTH_OPTION_DESTS: tuple[str, ...] = tuple(kwargs["dest"] for _, kwargs in SYNTH_OPTIONS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 from .. import __version__
@@ -17,10 +19,6 @@ from .config import RunConfig, build_config
 from .parser import parse_args
 
 LOGGER = logging.getLogger("bids_phydiff")
-
-# options of later stages that this version supports (see parser._LATER_OPTIONS)
-IMPLEMENTED: frozenset[str] = frozenset()
-
 
 def setup_logging(verbose: int, logfile=None) -> None:
     level = logging.WARNING - 10 * min(verbose + 1, 2)  # default INFO, -v DEBUG
@@ -45,10 +43,14 @@ def setup_logging(verbose: int, logfile=None) -> None:
 
 
 def _limit_threads(config: RunConfig) -> None:
-    """Threads per process for the libraries that read the environment (ANTs/ITK, OpenMP, BLAS)."""
+    """Threads per process for the libraries that read the environment (ANTs/ITK, OpenMP, BLAS, torch).
+
+    ``--omp-nthreads`` (or its default) wins over the environment, as in fMRIPrep: container images set
+    OMP_NUM_THREADS=1 so that nothing oversubscribes before the app has decided.
+    """
     n = str(config.omp_nthreads)
     for var in ("OMP_NUM_THREADS", "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, n)
+        os.environ[var] = n
 
 
 def run(config: RunConfig) -> None:
@@ -61,28 +63,51 @@ def run(config: RunConfig) -> None:
         validate(config.bids_dir, config.participant_label or None)
     else:
         LOGGER.info("BIDS validation skipped (--skip-bids-validation)")
-    if config.analysis_level == "participant":
-        layout = open_layout(config.bids_dir, config.database_dir, reset=config.bids_database_dir is None)
-        runs = discover(layout, config.participant_label, config.session_label, config.bids_filters)
-        checked = check_runs(runs, config.b0_threshold)
+    if config.analysis_level == "group":
+        from ..workflows.group import run_group
+
+        run_group(config)
+        return
+    layout = open_layout(config.bids_dir, config.database_dir, reset=config.bids_database_dir is None)
+    runs = discover(layout, config.participant_label, config.session_label, config.bids_filters)
+    checked = check_runs(runs, config.b0_threshold)
+    if config.model is None:
         from ..workflows.participant import run_participant
 
         run_participant(config, checked)
     else:
-        raise PhydiffError(f"the group level (training) is not implemented yet in bids_phydiff {__version__}")
+        from ..workflows.synthesis import run_synthesis
+
+        run_synthesis(config, checked)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``kill``): unwinds like Ctrl-C so that no partial output is left."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .environment import harden_environment
+
+    harden_environment()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     args = parse_args(argv)
     setup_logging(args.verbose)
     start = time.monotonic()
     try:
-        config = build_config(args, IMPLEMENTED)
-        logfile = config.output_dir / "logs" / f"{config.analysis_level}-{config.run_id}.log"
+        config = build_config(args)
+        rank = int(os.environ.get("RANK", "0"))  # torchrun: rank 0 keeps the log and the saved config
+        suffix = "" if rank == 0 else f"_rank-{rank}"
+        logfile = config.output_dir / "logs" / f"{config.analysis_level}-{config.run_id}{suffix}.log"
         logfile.parent.mkdir(parents=True, exist_ok=True)
         setup_logging(config.verbose, logfile)
         LOGGER.info("bids_phydiff %s, %s level, run %s", __version__, config.analysis_level, config.run_id)
-        config.save()
+        if rank == 0:
+            config.save()
         _limit_threads(config)
         run(config)
     except PhydiffError as exc:
@@ -91,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         LOGGER.error("interrupted")
         return 130
+    except Terminated:
+        LOGGER.error("terminated (SIGTERM); no partial output was left in %s", args.output_dir)
+        return 143
     except Exception:  # an unexpected failure is a bug: keep the trace in the log
         LOGGER.exception("bids_phydiff failed unexpectedly; please report this with the log above")
         return EXIT_FAILURE

@@ -81,3 +81,38 @@ def plot_overlay(
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
     return out_path
+
+
+def plot_synthesis(rows: list[tuple[str, dict[str, np.ndarray]]], out_path: str | Path, title: str = "") -> Path:
+    """One row per shell: 2-D slices (as stored, transposed so the second axis points up) under the column
+    names ``acquired``, ``synthetic``, ``|error|`` and ``uncertainty`` that each row has. Acquired and
+    synthetic share one grey window per row; the error and uncertainty share a hot window."""
+    plt = _matplotlib()
+    columns = [c for c in ("acquired", "synthetic", "|error|", "uncertainty") if any(c in r for _, r in rows)]
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns), 2.5 * len(rows)), squeeze=False)
+    for i, (label, panels) in enumerate(rows):
+        grey = _window(np.concatenate([panels[c].ravel() for c in ("acquired", "synthetic") if c in panels]))
+        hot = [panels[c] for c in ("|error|", "uncertainty") if c in panels]
+        hot_hi = max((float(np.percentile(h, 99.5)) for h in hot), default=1.0) or 1.0
+        for j, column in enumerate(columns):
+            ax = axes[i, j]
+            ax.set_axis_off()
+            if column not in panels:
+                continue
+            image = np.asarray(panels[column], dtype=np.float32).T
+            if column in ("acquired", "synthetic"):
+                ax.imshow(image, cmap="gray", vmin=grey[0], vmax=grey[1], origin="lower")
+            else:
+                ax.imshow(image, cmap="hot", vmin=0, vmax=hot_hi, origin="lower")
+            if i == 0:
+                ax.set_title(column, fontsize=9)
+            if j == 0:
+                ax.text(-0.05, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path

@@ -1,0 +1,165 @@
+"""Group level: train a Phy-Diff bundle on the prepared subjects of ``output_dir`` (DESIGN.md section 2).
+
+Training is one process per device (``torchrun`` starts K of them), so this level is a function, not a
+Nipype graph: :func:`collect_prepared` finds the prepared runs with pybids, :func:`split_subjects` holds
+some out for validation, :func:`find_tract_atlas` picks the atlas of the adapter stage, and
+:func:`run_group` hands everything to :func:`bids_phydiff.train.run.train_bundle`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import EmptySelectionError, InputDataError, NoInputError, UsageError
+from ..model.bundle import GridSpec
+from ..train.dataset import PreparedRun
+
+LOGGER = logging.getLogger(__name__)
+
+XTRACT_TEMPLATE = "MNI152NLin6Asym"
+"""The space of FSL's XTRACT atlas"""
+
+
+def collect_prepared(output_dir: Path, database_dir: Path, template: str, res_label: str | None,
+                     subjects: tuple[str, ...] = ()) -> list[PreparedRun]:
+    """Every prepared run (``desc-preproc`` DWI in ``template`` at ``res_label``) with its gradients, brain
+    mask and b0 reference. Raises :class:`NoInputError` when there is none, naming what was looked for."""
+    from bids import BIDSLayout
+
+    query = {"space": template, "desc": "preproc", "suffix": "dwi", "extension": ".nii.gz"}
+    if res_label:
+        query["res"] = res_label
+    if subjects:
+        query["subject"] = list(subjects)
+    database_dir.mkdir(parents=True, exist_ok=True)
+    layout = BIDSLayout(output_dir, validate=False, database_path=database_dir / "derivatives.sqlite", reset_database=True)
+    runs = []
+    for f in layout.get(**query):
+        dwi = Path(f.path)
+        stem = dwi.name[: -len("_desc-preproc_dwi.nii.gz")]
+        files = {
+            "bval": dwi.with_name(dwi.name.replace(".nii.gz", ".bval")),
+            "bvec": dwi.with_name(dwi.name.replace(".nii.gz", ".bvec")),
+            "mask": dwi.with_name(f"{stem}_desc-brain_mask.nii.gz"),
+            "b0ref": dwi.with_name(f"{stem}_dwiref.nii.gz"),
+        }
+        missing = [str(p) for p in files.values() if not p.is_file()]
+        if missing:
+            raise NoInputError(f"{dwi}: prepared run is incomplete, missing {missing}; rerun the participant level")
+        runs.append(PreparedRun(subject=f.entities["subject"], dwi=dwi, **files))
+    if not runs:
+        what = f"space-{template}" + (f"_res-{res_label}" if res_label else "") + "_desc-preproc_dwi.nii.gz"
+        who = f" for sub-{', sub-'.join(subjects)}" if subjects else ""
+        raise NoInputError(f"{output_dir}: no prepared runs (*_{what}){who}; run the participant level first "
+                           "with the same --template and --output-resolution")
+    return sorted(runs, key=lambda r: (r.subject, str(r.dwi)))
+
+
+def split_subjects(subjects: list[str], val_subjects: tuple[str, ...] | None, seed: int) -> tuple[list, list]:
+    """(training, validation) subject labels. ``val_subjects`` None: with 3 or more subjects, 20% (at least
+    one) drawn with ``seed``; with fewer, no validation set."""
+    subjects = sorted(set(subjects))
+    if val_subjects is not None:
+        unknown = sorted(set(val_subjects) - set(subjects))
+        if unknown:
+            raise EmptySelectionError(f"--val-subjects {unknown}: no prepared runs for them (have {subjects})")
+        val = sorted(set(val_subjects))
+    elif len(subjects) >= 3:
+        rng = np.random.default_rng(seed)
+        val = sorted(rng.choice(subjects, size=max(1, round(0.2 * len(subjects))), replace=False).tolist())
+    else:
+        val = []
+    train = [s for s in subjects if s not in val]
+    if not train:
+        raise UsageError(f"every subject is held out for validation ({val}); nothing left to train on")
+    return train, val
+
+
+def grid_of(runs: list[PreparedRun], template: str, resolution_mm: float) -> GridSpec:
+    """The model grid: the grid all prepared runs share; a run on another grid is an error naming it."""
+    first = nib.load(str(runs[0].dwi))
+    for run in runs[1:]:
+        img = nib.load(str(run.dwi))
+        if img.shape[:3] != first.shape[:3] or not np.allclose(img.affine, first.affine, atol=1e-3):
+            raise InputDataError(f"{run.dwi}: grid {img.shape[:3]} differs from {runs[0].dwi} {first.shape[:3]}; "
+                                 "prepare all subjects with the same --template and --output-resolution")
+    return GridSpec(template, resolution_mm, tuple(first.shape[:3]), tuple(map(tuple, first.affine.tolist())))
+
+
+def find_tract_atlas(given: Path | None, use: bool, template: str, home: Path | None) -> Path | None:
+    """The tract atlas for the adapter stage: ``given``; else a ``tpl-<template>_*atlas-XTRACT|Tracts_probseg``
+    in the TemplateFlow home; else FSL's XTRACT when the template is its space. None (stage 1 only) when
+    ``use`` is False or nothing is found."""
+    if not use:
+        return None
+    if given is not None:
+        if template != XTRACT_TEMPLATE and "xtract" in given.name.lower():
+            LOGGER.warning("%s is an XTRACT atlas (space %s) but the template is %s", given, XTRACT_TEMPLATE, template)
+        return given
+    if home is not None:
+        folder = Path(home) / f"tpl-{template}"
+        found = sorted(folder.glob(f"tpl-{template}_*atlas-XTRACT*_probseg.nii.gz")) + sorted(
+            folder.glob(f"tpl-{template}_*atlas-Tracts*_probseg.nii.gz"))
+        if found:
+            return found[0]
+    if template == XTRACT_TEMPLATE:
+        from ..prep.tracts import default_xtract_path
+
+        try:
+            return default_xtract_path()
+        except NoInputError as exc:
+            LOGGER.warning("%s; training without the XTRACT adapter stage (give --xtract-atlas)", exc)
+            return None
+    LOGGER.warning("no tract atlas for template %s; training without the adapter stage", template)
+    return None
+
+
+def run_group(config) -> Path | None:
+    """Train ``output_dir/models/model-<label>`` from the prepared runs; ``config`` is the run's
+    ``cli.config.RunConfig``. Returns the bundle folder (None on torchrun ranks other than 0)."""
+    from ..prep.templates import load_template, templateflow_home
+    from ..prep.tracts import load_tract_atlas
+    from ..train.config import load_train_config
+    from ..train.run import train_bundle
+
+    opts = config.train
+    grid = load_template(config.template, config.output_resolution)
+    runs = collect_prepared(config.output_dir, config.work_dir / "group_db" / str(os.environ.get("RANK", "0")),
+                            config.template, grid.res_label, config.participant_label)
+    train_subjects, val_subjects = split_subjects([r.subject for r in runs], opts.val_subjects, config.seed)
+    train_runs = [r for r in runs if r.subject in train_subjects]
+    val_runs = [r for r in runs if r.subject in val_subjects]
+    spec = grid_of(runs, config.template, config.output_resolution)
+    LOGGER.info("training on %d run(s) of sub-%s; validation: %s", len(train_runs), ", sub-".join(train_subjects),
+                ", ".join(f"sub-{s}" for s in val_subjects) or "none")
+
+    train_config = load_train_config(opts.train_config)
+    changes = {"seed": config.seed}
+    if opts.max_steps is not None:
+        changes["max_steps"] = opts.max_steps
+    if opts.batch_size is not None:
+        changes["batch_size"] = opts.batch_size
+    train_config = train_config.replace(**changes)
+
+    atlas_path = find_tract_atlas(opts.xtract_atlas, opts.use_xtract, config.template, templateflow_home())
+    tracts = None
+    if atlas_path is not None:
+        tracts = load_tract_atlas(atlas_path, spec.shape, np.asarray(spec.affine))
+        LOGGER.info("adapter stage with %s (%d tracts)", atlas_path, tracts.shape[3])
+
+    out_dir = config.output_dir / "models" / f"model-{opts.model_label}"
+    result = train_bundle(
+        train_runs, val_runs, spec, out_dir, config.work_dir / "group" / f"model-{opts.model_label}", train_config,
+        device=config.device, tract_atlas=tracts, resume=opts.resume, overwrite=opts.resume,
+        metadata={"template": config.template, "resolution_mm": config.output_resolution,
+                  "res_label": grid.res_label, "tract_atlas": None if atlas_path is None else str(atlas_path),
+                  "bids_phydiff_run": config.run_id},
+    )
+    if result.bundle is not None:
+        LOGGER.info("model bundle: %s (final validation loss %s)", result.bundle, result.metrics.get("final_val_loss"))
+    return result.bundle
