@@ -3,7 +3,8 @@
 A sampler drives ``eps_fn(x_t, t) -> eps`` (x_t (B, 1, H, W) float32, t (B,) int64) with the per-pixel
 schedule of :class:`~.schedule.PhysicsSchedule` and the sample's excess beta ``g`` (B, 1, H, W) (None =
 plain DDPM). Everything runs batched; the noise comes from one ``torch.Generator`` on the images' device,
-so a seed fixes the result on a given device.
+so a seed fixes the result on a given device. A sequence of B generators (one per sample) instead draws
+each sample's noise from its own generator, so a sample's result does not depend on the batch it is in.
 
 Starts: ``"noise"`` = pure Gaussian noise at t = T - 1; ``"sdedit"`` = the reference image (the b0 slice)
 noised by the physics-guided forward process to ``t0 = round(strength * T) - 1`` (the official inference:
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Callable, Literal, Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -25,6 +26,7 @@ from .schedule import PhysicsSchedule
 log = logging.getLogger(__name__)
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,20 @@ def _predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip: float | None) -> tup
     return x0, eps
 
 
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def _randn(
+    shape: tuple[int, ...], generator: Generators, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Standard normal noise of ``shape``; a sequence of generators draws sample ``i`` from ``generator[i]``."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    generators = list(generator)
+    if len(generators) != shape[0]:
+        raise ValueError(f"{len(generators)} generators for a batch of {shape[0]}")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def _noise_like(x: Tensor, generator: Generators) -> Tensor:
+    return _randn(tuple(x.shape), generator, x.device, x.dtype)
 
 
 def _steps_bar(steps: list[int], progress: bool | None, what: str):
@@ -116,7 +130,7 @@ def ddpm_loop(
     g: Tensor | None,
     x: Tensor,
     first: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_x0: float | None = None,
     progress: bool | None = None,
 ) -> Tensor:
@@ -146,7 +160,7 @@ def ddim_loop(
     x: Tensor,
     steps: list[int],
     eta: float = 0.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_x0: float | None = None,
     progress: bool | None = None,
 ) -> Tensor:
@@ -176,20 +190,21 @@ def sample(
     shape: tuple[int, ...],
     config: SamplerConfig = SamplerConfig(),
     reference: Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Run ``config``'s sampler; returns x0 (``shape``, float32).
 
     ``reference`` (``shape``): the image SDEdit starts from (the b0 slice in [-1, 1]); required for
-    ``start="sdedit"``. ``generator``: on the sampling device (see :func:`make_generator`).
+    ``start="sdedit"``. ``generator``: on the sampling device (see :func:`make_generator`), or a sequence
+    of ``shape[0]`` such generators, one per sample.
     """
     if device is None:
         device = reference.device if reference is not None else (g.device if g is not None else "cpu")
     device = torch.device(device)
     steps = timesteps(config, schedule.num_steps)
     first = steps[0]
-    noise = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    noise = _randn(tuple(shape), generator, device, torch.float32)
     if config.start == "noise":
         x = noise
     else:
