@@ -86,12 +86,13 @@ def plot_overlay(
 def plot_synthesis(rows: list[tuple[str, dict[str, np.ndarray]]], out_path: str | Path, title: str = "") -> Path:
     """One row per shell: 2-D slices (as stored, transposed so the second axis points up) under the column
     names ``acquired``, ``synthetic``, ``|error|`` and ``uncertainty`` that each row has. Acquired and
-    synthetic share one grey window per row; the error and uncertainty share a hot window."""
+    synthetic share one grey window per row (the acquired image's); error and uncertainty share a hot one."""
     plt = _matplotlib()
     columns = [c for c in ("acquired", "synthetic", "|error|", "uncertainty") if any(c in r for _, r in rows)]
     fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.4 * len(columns), 2.5 * len(rows)), squeeze=False)
     for i, (label, panels) in enumerate(rows):
-        grey = _window(np.concatenate([panels[c].ravel() for c in ("acquired", "synthetic") if c in panels]))
+        # the acquired image sets the window when there is one: a poor synthesis then shows as saturated
+        grey = _window(np.asarray(panels.get("acquired", panels.get("synthetic"))))
         hot = [panels[c] for c in ("|error|", "uncertainty") if c in panels]
         hot_hi = max((float(np.percentile(h, 99.5)) for h in hot), default=1.0) or 1.0
         for j, column in enumerate(columns):

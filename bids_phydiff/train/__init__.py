@@ -1,1 +1,9 @@
-"""train"""
+"""The training room: slice dataset over prepared volumes, training loop, DDP, checkpoints.
+
+- :mod:`.config`: ``TrainConfig``, presets, ``load_train_config``
+- :mod:`.dataset`, :mod:`.normalise`: samples; :mod:`.batches`: per-step randomness
+- :mod:`.loop`: ``Trainer`` (two stages, AdamW, EMA, validation); :mod:`.lr`, :mod:`.ema`
+- :mod:`.distributed`: torchrun / DDP; :mod:`.checkpoint`: safetensors + JSON checkpoints
+- :mod:`.run`: ``train_bundle`` (the group level's entry point); :mod:`.history`: training.tsv and the curve
+- :mod:`.phantom_runs`: prepared runs from a phantom (tests, benchmarks, demo)
+"""

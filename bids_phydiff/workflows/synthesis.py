@@ -33,6 +33,11 @@ from ..errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
+CLIP_X0 = 2.0
+"""Each step's predicted clean slice is clamped to [-2, 2] in normalised units, i.e. 0 to 1.5 times the
+b0's 99.5th percentile: no diffusion-weighted signal exceeds that, and a model early in training would
+otherwise amplify its errors at the first, noisiest steps (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
+
 
 @dataclass(frozen=True)
 class PreparedFiles:
@@ -153,7 +158,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
     b0 = np.asarray(b0_img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(str(prepared.mask)).dataobj) > 0
     scheme = target_scheme(opts, prepared, config.seed, config.b0_threshold)
-    sampler = SamplerConfig(method=opts.sampler, steps=opts.steps,
+    sampler = SamplerConfig(method=opts.sampler, steps=opts.steps, clip_x0=CLIP_X0,
                             start="noise" if opts.strength >= 1.0 else "sdedit", strength=min(opts.strength, 1.0))
     start = time.monotonic()
     result = synthesise(bundle.model, b0, mask, scheme, atlas, bundle.b_shells, slice_grid(bundle.grid, bundle.model),
@@ -178,6 +183,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
         "SamplingSteps": 1000 if opts.sampler == "ddpm" else opts.steps,
         "Strength": opts.strength,
         "Samples": opts.samples,
+        "ClampPredictedX0": CLIP_X0,
         "RandomSeed": config.seed,
         "TargetScheme": scheme.source,
         "SynthesisSeconds": round(seconds, 1),
@@ -263,14 +269,14 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
     init_output_dir(config.output_dir, config.bids_dir)
     remove_stale_temporaries(config.output_dir)
     res = config_res_label(bundle)
-    files = {r: prepared_files(config.output_dir, r, grid.template, res) for r in checked}
-    missing = [r for r in checked if not files[r].complete]
+    files = [prepared_files(config.output_dir, r, grid.template, res) for r in checked]
+    missing = [r for r, f in zip(checked, files) if not f.complete]
     if missing:
         LOGGER.info("preparing %d run(s) on the bundle's grid first", len(missing))
         run_participant(prep_config, missing)
-    for r in checked:
-        if not files[r].complete:
-            raise InputDataError(f"{r.run.dwi}: prepare did not produce {files[r].dwi}")
+    for r, f in zip(checked, files):
+        if not f.complete:
+            raise InputDataError(f"{r.run.dwi}: prepare did not produce {f.dwi}")
 
     atlas_img = nib.load(str(bundle.path / "adc_atlas.nii.gz"))
     atlas = np.asarray(atlas_img.dataobj, dtype=np.float32)
@@ -282,8 +288,8 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
         tracts = load_tract_atlas(tract_file, grid.shape, np.asarray(grid.affine))
 
     results = []
-    for run in checked:
-        results.append(synthesise_run(run, files[run], bundle, config, tracts, atlas, config.work_dir / "synthesis"))
+    for run, prepared in zip(checked, files):
+        results.append(synthesise_run(run, prepared, bundle, config, tracts, atlas, config.work_dir / "synthesis"))
         for line in _format_summary(results[-1]["summary"]).splitlines() if results[-1]["summary"] else []:
             LOGGER.info("%s | %s", run.run.prefix, line)
     for subject in sorted({r.run.subject for r in checked}):
