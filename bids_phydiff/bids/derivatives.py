@@ -18,12 +18,13 @@ from .layout import DwiRun, filename_entities
 
 BIDS_VERSION = "1.10.0"
 
-# Patterns as bids-validator-deno 3 matches them (measured: a folder below sub-X needs "**/", and a pattern
+# Patterns as bids-validator-deno 3 matches them (measured: "models/" does not ignore the folder, "models"
+# does; a folder below sub-X needs "**/"; and a pattern
 # with two wildcards such as "*desc-*_dwi.bval" misses names with a dir- entity). The derivative rules of the
 # BIDS schema have no .bval/.bvec, dwiref or xfm files for dwi, so those are ignored rather than invalid.
 BIDSIGNORE = [
-    "models/",
-    "logs/",
+    "models",
+    "logs",
     "**/figures",
     "*.html",
     "**/*_dwi.bval",

@@ -35,7 +35,7 @@ class SamplerConfig:
 
     ``method``: ``"ddpm"`` (ancestral, every step from the start; ``steps`` ignored) or ``"ddim"`` (``steps``
     model evaluations, ``eta`` = 0 deterministic, 1 = DDPM-like noise). ``clip_x0``: clamp the predicted
-    x0 to [-clip_x0, clip_x0] at each step (None = no clamp; intensities above the 99.5th percentile exceed
+    x0 at each step to [-clip_x0, clip_x0], or to [low, high] for a pair (None = no clamp; intensities above the 99.5th percentile exceed
     1 in this project's normalisation, so clamping is off by default). ``progress``: a tqdm bar
     (None = only on a terminal).
     """
@@ -45,7 +45,7 @@ class SamplerConfig:
     eta: float = 0.0
     start: Literal["noise", "sdedit"] = "sdedit"
     strength: float = 0.8
-    clip_x0: float | None = None
+    clip_x0: float | tuple[float, float] | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -59,8 +59,10 @@ class SamplerConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"SDEdit strength must be in (0, 1], got {self.strength}")
-        if self.clip_x0 is not None and self.clip_x0 <= 0:
-            raise ValueError(f"clip_x0 must be positive or None, got {self.clip_x0}")
+        if self.clip_x0 is not None:
+            low, high = _clip_range(self.clip_x0)
+            if not low < high:
+                raise ValueError(f"clip_x0 must be positive or a pair (low < high), got {self.clip_x0}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -92,13 +94,19 @@ def timesteps(config: SamplerConfig, num_steps: int) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
-def _predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip: float | None) -> tuple[Tensor, Tensor]:
+def _clip_range(clip: float | tuple[float, float]) -> tuple[float, float]:
+    if isinstance(clip, (tuple, list)):
+        return float(clip[0]), float(clip[1])
+    return -float(clip), float(clip)
+
+
+def _predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip) -> tuple[Tensor, Tensor]:
     """x0 and eps from the network's eps; when clipping, eps is made consistent with the clipped x0."""
     a = abar.sqrt().to(x.dtype)
     s = (1.0 - abar).sqrt().to(x.dtype)
     x0 = (x - s * eps) / a
     if clip is not None:
-        x0 = x0.clamp(-clip, clip)
+        x0 = x0.clamp(*_clip_range(clip))
         eps = (x - a * x0) / s
     return x0, eps
 
@@ -131,7 +139,7 @@ def ddpm_loop(
     x: Tensor,
     first: int,
     generator: Generators = None,
-    clip_x0: float | None = None,
+    clip_x0: float | tuple[float, float] | None = None,
     progress: bool | None = None,
 ) -> Tensor:
     """Ancestral sampling from x at step ``first`` down to 0, with per-pixel alphas; returns x0."""
@@ -161,7 +169,7 @@ def ddim_loop(
     steps: list[int],
     eta: float = 0.0,
     generator: Generators = None,
-    clip_x0: float | None = None,
+    clip_x0: float | tuple[float, float] | None = None,
     progress: bool | None = None,
 ) -> Tensor:
     """DDIM over the descending ``steps`` (x is at ``steps[0]``), per-pixel alpha-bars; returns x0."""

@@ -53,6 +53,7 @@ LOGGER = logging.getLogger(__name__)
 
 ADC_FILE = "adc_atlas.nii.gz"
 TRAIN_JSON = "train.json"
+TRACT_FILE = "tract_atlas.nii.gz"
 HISTORY_FILE = "training.tsv"
 CURVE_FILE = "training_loss.png"
 
@@ -212,8 +213,9 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
             "slice_grid": {"shape": list(grid.shape), "padded": list(grid.padded)},
             "adc_atlas": ADC_FILE,
             "tract_channels": None if tracts is None else int(tracts.shape[3]),
+            "tract_atlas": None if tracts is None else TRACT_FILE,
         }
-        bundle = write_bundle(out_dir, loop, grid_spec, shells, atlas, info, bundle_meta, overwrite)
+        bundle = write_bundle(out_dir, loop, grid_spec, shells, atlas, info, bundle_meta, overwrite, tracts)
     ddp.barrier(world)
     return TrainResult(bundle, metrics, loop.history, tuple(float(b) for b in shells), loop)
 
@@ -245,20 +247,31 @@ def _metrics(loop: LoopResult, train_set, val_set) -> dict[str, Any]:
     }
 
 
-def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: np.ndarray, atlas: np.ndarray,
-                 info: dict[str, Any], bundle_meta: dict[str, Any], overwrite: bool = False) -> Path:
-    """Write every file of the bundle into a temporary sibling folder, then rename it to ``out_dir``."""
+def _save_volume(data: np.ndarray, grid_spec: GridSpec, path: Path, description: bytes) -> None:
     import nibabel as nib
 
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), np.asarray(grid_spec.affine, dtype=np.float64))
+    img.header.set_xyzt_units("mm")
+    img.header["descrip"] = description
+    img.to_filename(str(path))
+
+
+def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: np.ndarray, atlas: np.ndarray,
+                 info: dict[str, Any], bundle_meta: dict[str, Any], overwrite: bool = False,
+                 tracts: np.ndarray | None = None) -> Path:
+    """Write every file of the bundle into a temporary sibling folder, then rename it to ``out_dir``.
+
+    ``tracts`` ``(X, Y, Z, K)``: the tract atlas on the model grid the adapter was trained with, stored as
+    ``tract_atlas.nii.gz`` so that synthesis conditions on exactly the same channels.
+    """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     try:
         folder = save_bundle(staging / out_dir.name, loop.ema, grid=grid_spec, b_shells=[float(b) for b in shells],
                              normalisation=normalisation_record(), metadata=bundle_meta)
-        img = nib.Nifti1Image(np.asarray(atlas, dtype=np.float32), np.asarray(grid_spec.affine, dtype=np.float64))
-        img.header.set_xyzt_units("mm")
-        img.header["descrip"] = b"ADC atlas mm^2/s per b-shell"
-        img.to_filename(str(folder / ADC_FILE))
+        _save_volume(atlas, grid_spec, folder / ADC_FILE, b"ADC atlas mm^2/s per b-shell")
+        if tracts is not None:
+            _save_volume(tracts, grid_spec, folder / TRACT_FILE, b"tract probabilities on the model grid")
         with open(folder / TRAIN_JSON, "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=2, allow_nan=False)
             handle.write("\n")

@@ -49,6 +49,9 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
         }
     )
     workflow.config["monitoring"] = {"enabled": False}
+    # Nipype resets its loggers from this section when the workflow runs: node-by-node chatter only with -v
+    level = "INFO" if logging.getLogger("bids_phydiff").getEffectiveLevel() <= logging.DEBUG else "WARNING"
+    workflow.config["logging"] = {"workflow_level": level, "interface_level": level, "utils_level": level}
     name, args = plugin_settings(nprocs, mem_gb, plugin)
     LOGGER.info("running workflow %s with the %s plugin %s", workflow.name, name, args or "")
     before = set(crash_dir.glob("crash-*"))

@@ -157,7 +157,7 @@ def run_group(config) -> Path | None:
         train_runs, val_runs, spec, out_dir, config.work_dir / "group" / f"model-{opts.model_label}", train_config,
         device=config.device, tract_atlas=tracts, resume=opts.resume, overwrite=opts.resume,
         metadata={"template": config.template, "resolution_mm": config.output_resolution,
-                  "res_label": grid.res_label, "tract_atlas": None if atlas_path is None else str(atlas_path),
+                  "res_label": grid.res_label, "tract_atlas_source": None if atlas_path is None else str(atlas_path),
                   "bids_phydiff_run": config.run_id},
     )
     if result.bundle is not None:

@@ -203,10 +203,17 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
 
     acquired, summary = None, []
     if scheme.source == "acquired":
+        from ..eval.baseline import physics_baseline
+
         acquired = np.asarray(nib.load(str(prepared.dwi)).dataobj, dtype=np.float32)
         scale = Normaliser.from_b0(b0, mask).scale
-        rows = series_metrics(result.mean, acquired, scheme.bvals, mask, scale=scale)
-        summary = summarise_by_shell(rows)
+        baseline = physics_baseline(b0, scheme.bvals, atlas, bundle.b_shells, mask=mask)
+        rows, summary = [], []
+        for method, series in (("phydiff", result.mean), ("physics_baseline", baseline)):
+            method_rows = [{"method": method, **row}
+                           for row in series_metrics(series, acquired, scheme.bvals, mask, scale=scale)]
+            rows += method_rows
+            summary += [{"method": method, **row} for row in summarise_by_shell(method_rows)]
         metrics_path = derivative_path(out, run.run, "metrics", ".tsv", **space, desc="synth")
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         write_tsv(rows, metrics_path)
@@ -247,10 +254,13 @@ def config_res_label(bundle) -> str | None:
     return load_template(bundle.grid.template, bundle.grid.resolution).res_label
 
 
-def _format_summary(summary: list[dict]) -> str:
-    lines = [f"{'shell':>6s} {'vols':>5s} {'PSNR':>7s} {'SSIM':>6s} {'NRMSE':>6s} {'paper PSNR':>10s} {'paper SSIM':>10s}"]
+def format_summary(summary: list[dict]) -> str:
+    """The per-shell metrics as a text table (masked PSNR/SSIM/NRMSE in signal units, then the paper's)."""
+    lines = [f"{'method':16s} {'shell':>6s} {'vols':>5s} {'PSNR':>7s} {'SSIM':>6s} {'NRMSE':>6s} "
+             f"{'paper PSNR':>10s} {'paper SSIM':>10s}"]
     for row in summary:
-        lines.append(f"{str(row['shell']):>6s} {row['volumes']:5d} {row['psnr_mean']:7.2f} {row['ssim_mean']:6.3f} "
+        shell = row["shell"] if isinstance(row["shell"], str) else f"{row['shell']:g}"
+        lines.append(f"{row['method']:16s} {shell:>6s} {row['volumes']:5d} {row['psnr_mean']:7.2f} {row['ssim_mean']:6.3f} "
                      f"{row['nrmse_mean']:6.3f} {row['paper_psnr_mean']:10.2f} {row['paper_ssim_mean']:10.3f}")
     return "\n".join(lines)
 
@@ -282,7 +292,7 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
     atlas = np.asarray(atlas_img.dataobj, dtype=np.float32)
     tracts = None
     if bundle.model.config.adapter is not None:
-        tract_file = bundle.path / "tract_atlas.nii.gz"
+        tract_file = bundle.path / (bundle.metadata.get("tract_atlas") or "tract_atlas.nii.gz")
         if not tract_file.is_file():
             raise InputDataError(f"model bundle {bundle.path}: has an adapter but no tract_atlas.nii.gz")
         tracts = load_tract_atlas(tract_file, grid.shape, np.asarray(grid.affine))
@@ -290,7 +300,7 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
     results = []
     for run, prepared in zip(checked, files):
         results.append(synthesise_run(run, prepared, bundle, config, tracts, atlas, config.work_dir / "synthesis"))
-        for line in _format_summary(results[-1]["summary"]).splitlines() if results[-1]["summary"] else []:
+        for line in format_summary(results[-1]["summary"]).splitlines() if results[-1]["summary"] else []:
             LOGGER.info("%s | %s", run.run.prefix, line)
     for subject in sorted({r.run.subject for r in checked}):
         sections = [Section(f"{res['run'].run.prefix}: synthetic DWI", res["outputs"]["figure"],
