@@ -33,10 +33,11 @@ from ..errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
-CLIP_X0 = 2.0
-"""Each step's predicted clean slice is clamped to [-2, 2] in normalised units, i.e. 0 to 1.5 times the
-b0's 99.5th percentile: no diffusion-weighted signal exceeds that, and a model early in training would
-otherwise amplify its errors at the first, noisiest steps (x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
+CLIP_X0 = (-1.0, 2.0)
+"""Each step's predicted clean slice is clamped to [-1, 2] in normalised units, i.e. 0 to 1.5 times the
+b0's 99.5th percentile: magnitude signal is not negative and no diffusion-weighted signal exceeds that,
+while a model early in training would otherwise amplify its errors at the first, noisiest steps
+(x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
         "SamplingSteps": 1000 if opts.sampler == "ddpm" else opts.steps,
         "Strength": opts.strength,
         "Samples": opts.samples,
-        "ClampPredictedX0": CLIP_X0,
+        "ClampPredictedX0": list(CLIP_X0),
         "RandomSeed": config.seed,
         "TargetScheme": scheme.source,
         "SynthesisSeconds": round(seconds, 1),
