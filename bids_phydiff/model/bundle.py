@@ -23,7 +23,6 @@ import math
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -33,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
+from ..atomic import replace_dir
 from .config import PhyDiffConfig
 from .device import resolve_device
 from .phydiff import PhyDiff
@@ -159,13 +159,7 @@ def save_bundle(
         with open(staging / CONFIG_FILE, "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2, sort_keys=False, allow_nan=False)
             handle.write("\n")
-        if target.exists():
-            retired = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -13,6 +13,8 @@ Presets (:data:`PRESETS`, nominal image sizes in :data:`PRESET_IMAGE_SIZES`):
 
 Ablation switches (paper Table 2): ``schedule.gap = 0`` (w/o physics-guided noise, plain DDPM),
 ``conditioning.query_mapping = False`` (w/o query-based mapping), ``adapter = None`` (w/o XTRACT).
+Baseline switch: ``objective = "regression"`` trains the same network as a deterministic regressor
+(see :class:`PhyDiffConfig`).
 """
 
 from __future__ import annotations
@@ -199,14 +201,28 @@ class AdapterConfig:
         return cls(**_from_mapping(cls, data, "adapter"))
 
 
+OBJECTIVES = ("eps", "regression")
+
+
 @dataclass(frozen=True)
 class PhyDiffConfig:
-    """The whole model: backbone, conditioning, schedule, optional adapter (None = w/o XTRACT)."""
+    """The whole model: backbone, conditioning, schedule, optional adapter (None = w/o XTRACT).
+
+    ``objective``: ``"eps"`` (default) = the diffusion model, trained to predict the noise (paper Eq. 6);
+    ``"regression"`` = the same backbone, conditions and adapter used as a deterministic regression
+    baseline: input x_t = zeros at t = 0 beside the b0 channel, output read as the target slice itself,
+    trained with L2 to it, synthesised in one forward pass (the schedule is then unused).
+    """
 
     backbone: HDiTConfig
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     adapter: AdapterConfig | None = None
+    objective: Literal["eps", "regression"] = "eps"
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,6 +230,7 @@ class PhyDiffConfig:
             "conditioning": self.conditioning.to_dict(),
             "schedule": self.schedule.to_dict(),
             "adapter": None if self.adapter is None else self.adapter.to_dict(),
+            "objective": self.objective,
         }
 
     @classmethod
@@ -226,6 +243,7 @@ class PhyDiffConfig:
             conditioning=ConditioningConfig.from_dict(d.get("conditioning", {})),
             schedule=ScheduleConfig.from_dict(d.get("schedule", {})),
             adapter=None if d.get("adapter") is None else AdapterConfig.from_dict(d["adapter"]),
+            objective=d.get("objective", "eps"),
         )
 
     def replace(self, **changes: Any) -> PhyDiffConfig:

@@ -6,6 +6,10 @@ never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL co
 grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
 see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
 
+With ``config.objective == "regression"`` the same network is a deterministic regressor instead: its
+input is x_t = 0 at t = 0 (the b0 is the other channel), its output is read as the target slice, the loss
+is the MSE to the target and :meth:`PhyDiff.sample` is one forward pass (see :class:`~.config.PhyDiffConfig`).
+
 Two training stages: ``trainable_parameters("backbone")`` trains conditioning + backbone (the adapter is
 not used); ``trainable_parameters("adapter")`` freezes them and trains only the adapter.
 """
@@ -145,11 +149,18 @@ class PhyDiff(nn.Module):
         generator: torch.Generator | None = None,
         use_adapter: bool | None = None,
     ) -> Tensor:
-        """Epsilon-MSE (scalar, float32) at uniform random steps (or ``t``) and Gaussian ``noise``."""
+        """Epsilon-MSE (scalar, float32) at uniform random steps (or ``t``) and Gaussian ``noise``.
+
+        For the regression objective: the MSE of the one-pass prediction to the target (``t``, ``noise`` and
+        ``generator`` are ignored: the objective is deterministic).
+        """
         if not isinstance(batch, DiffusionBatch):
             batch = DiffusionBatch.from_mapping(batch)
         x0 = batch.target.float()
         b = x0.shape[0]
+        if self.is_regression:
+            pred = self.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter)
+            return F.mse_loss(pred.float(), x0)
         if t is None:
             t = torch.randint(0, self.schedule.num_steps, (b,), generator=generator, device=x0.device)
         if noise is None:
@@ -158,6 +169,29 @@ class PhyDiff(nn.Module):
         x_t = self.schedule.q_sample(x0, t, noise, g)
         eps = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
         return F.mse_loss(eps.float(), noise.float())
+
+    # -------------------------------------------------------------------------------------- regression
+
+    @property
+    def is_regression(self) -> bool:
+        """True for the deterministic regression baseline (``config.objective == "regression"``)."""
+        return self.config.objective == "regression"
+
+    def regress(
+        self,
+        b0: Tensor,
+        bval: Tensor,
+        bvec: Tensor,
+        slice_pos: Tensor,
+        tracts: Tensor | None = None,
+        use_adapter: bool | None = None,
+        adapter_features: list[Tensor] | None = None,
+    ) -> Tensor:
+        """The regression objective's prediction (B, 1, H, W) of the target slice in [-1, 1] space: one
+        forward pass with x_t = 0 at t = 0."""
+        t = torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device)
+        x = torch.zeros(b0.shape, dtype=torch.float32, device=b0.device)
+        return self(x, t, b0, bval, bvec, slice_pos, tracts, adapter_features=adapter_features, use_adapter=use_adapter)
 
     # ---------------------------------------------------------------------------------------- sampling
 
@@ -179,16 +213,21 @@ class PhyDiff(nn.Module):
 
         ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
         ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
-        Runs in eval mode (restored afterwards).
+        Runs in eval mode (restored afterwards). The regression objective ignores ``sampler``, ``seed`` and
+        ``generator`` and returns its one-pass prediction.
         """
         if generator is None and seed is not None:
             generator = make_generator(seed, b0.device)
         was_training = self.training
         self.eval()
         try:
-            g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
             features = self.adapter_features(tracts, b0) if self._use_adapter(tracts, None) else None
             context = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
+            if self.is_regression:
+                with context:
+                    out = self.regress(b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
+                return out.float()
+            g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
 
             def eps_fn(x: Tensor, t: Tensor) -> Tensor:
                 with context:

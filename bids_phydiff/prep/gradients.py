@@ -88,12 +88,7 @@ def shell_index(bvals: np.ndarray, shells: np.ndarray, tolerance: float = 100.0)
 def read_fsl(bval_path: str | Path, bvec_path: str | Path) -> GradientTable:
     """Read an FSL ``.bval``/``.bvec`` pair; raise :class:`GradientError` naming the file on problems."""
     bval_path, bvec_path = Path(bval_path), Path(bvec_path)
-    bvals = _read_numbers(bval_path)
-    if bvals.ndim != 1 and 1 not in bvals.shape:
-        raise GradientError(f"{bval_path}: expected one row of b-values, found shape {bvals.shape}")
-    bvals = bvals.reshape(-1)
-    if np.any(bvals < 0):
-        raise GradientError(f"{bval_path}: negative b-values")
+    bvals = read_bvals(bval_path)
     bvecs = _read_numbers(bvec_path)
     if bvecs.ndim == 1 and bvecs.size == 3:
         bvecs = bvecs.reshape(3, 1)

@@ -103,7 +103,8 @@ def synthesise(
     (``sdedit`` from the noised b0 with ``strength``, or ``noise``); its own progress bar is switched off.
     ``samples``: K draws per target. ``batch_size``: (slice, target, sample) items per model call.
     ``seed``: see the module docstring. ``device``: None = where the model is (else the model is moved
-    there). ``tracts`` ``(X, Y, Z, C)`` tract probabilities for the XTRACT adapter (optional).
+    there). A regression-objective model (``config.objective == "regression"``) ignores ``sampler`` and
+    ``seed`` and predicts each slice in one forward pass. ``tracts`` ``(X, Y, Z, C)`` tract probabilities for the XTRACT adapter (optional).
     ``precision``: ``"fp32"`` or ``"bf16"`` autocast. ``progress``: a tqdm bar over items (None = only on a
     terminal). Returns :class:`Synthesis` ``(mean, std)``.
     """
@@ -137,7 +138,7 @@ def synthesise(
         shells = shells[order]
         # (S, X, Y, Z) -> (S, Z, X, Y) -> padded (S, Z, H, W)
         atlas = grid.pad(np.moveaxis(adc_atlas[..., order], -1, 0).transpose(0, 3, 1, 2))
-    elif model.schedule.gap > 0:
+    elif model.schedule.gap > 0 and not model.is_regression:
         raise ValueError("this model uses the physics-guided schedule: the ADC atlas is required")
     tracts_p = None
     if tracts is not None:

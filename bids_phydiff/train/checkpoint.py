@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..atomic import replace_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -110,13 +110,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, ema: nn.Module, o
         with open(staging / STATE_FILE, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1, allow_nan=True)
             handle.write("\n")
-        if target.exists():
-            retired = folder / f".{target.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(target, retired)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

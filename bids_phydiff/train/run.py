@@ -21,10 +21,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch
 import torch.distributed as dist
 
 from .. import __version__
+from ..atomic import replace_dir
 from ..errors import InputDataError, NoInputError, OutputError
 from ..model.bundle import GridSpec, save_bundle
 from ..model.config import PhyDiffConfig
@@ -93,12 +92,16 @@ def data_sha256(runs: list[PreparedRun]) -> str:
 
 
 def model_config_for(config: TrainConfig, tract_channels: int | None) -> PhyDiffConfig:
-    """The architecture to train: without tracts no adapter; with ``K`` tract channels an adapter of K inputs."""
+    """The architecture to train: without tracts no adapter; with ``K`` tract channels an adapter of K inputs.
+
+    A model config without an adapter (``adapter: null``, the w/o-XTRACT ablation) ignores a tract atlas.
+    """
     model = config.model_config()
     if tract_channels is None:
         return model.replace(adapter=None)
     if model.adapter is None:
-        raise InputDataError("a tract atlas was given but the model config has no adapter (adapter: null)")
+        LOGGER.info("the model config has no adapter (adapter: null): the tract atlas is not used")
+        return model
     if model.adapter.in_channels != tract_channels:
         LOGGER.info("adapter input channels %d -> %d (the tract atlas)", model.adapter.in_channels, tract_channels)
         model = model.replace(adapter=dataclasses.replace(model.adapter, in_channels=tract_channels))
@@ -171,6 +174,8 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
     if shells.size == 0:
         raise InputDataError(f"{train_runs[0].bval}: the training runs have no diffusion-weighted volumes")
     model_config = model_config_for(config, None if tracts is None else int(tracts.shape[3]))
+    if model_config.adapter is None:
+        tracts = None
     grid = SliceGrid.for_multiple(grid_spec.shape, model_config.backbone.size_multiple)
     cache = work_dir / "cache"
     if world.is_main:
@@ -277,15 +282,9 @@ def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: n
             handle.write("\n")
         write_history_tsv(loop.history, folder / HISTORY_FILE)
         plot_loss_curves(loop.history, folder / CURVE_FILE)
-        if out_dir.exists():
-            if not overwrite:
-                raise OutputError(f"{out_dir}: a model bundle appeared there during training; not replacing it")
-            retired = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old"
-            os.replace(out_dir, retired)
-            os.replace(folder, out_dir)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(folder, out_dir)
+        if out_dir.exists() and not overwrite:
+            raise OutputError(f"{out_dir}: a model bundle appeared there during training; not replacing it")
+        replace_dir(folder, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     LOGGER.info("wrote model bundle %s", out_dir)

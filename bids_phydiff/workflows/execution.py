@@ -29,6 +29,17 @@ def plugin_settings(nprocs: int, mem_gb: float | None, plugin: dict | None) -> t
     return name, args
 
 
+def _quiet_nipype(quiet: bool) -> None:
+    """Node-by-node messages only with -v: Nipype's own config decides its loggers' levels."""
+    from nipype import config as nipype_config
+    from nipype import logging as nipype_logging
+
+    level = "WARNING" if quiet else "INFO"
+    for name in ("workflow_level", "interface_level", "utils_level"):
+        nipype_config.set("logging", name, level)
+    nipype_logging.update_logging(nipype_config)
+
+
 def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb: float | None = None,
                  plugin: dict | None = None, stop_on_first_crash: bool = False) -> None:
     """Execute ``workflow`` with its cache under ``work_dir``; crash files go to ``crash_dir``.
@@ -49,9 +60,7 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
         }
     )
     workflow.config["monitoring"] = {"enabled": False}
-    # Nipype resets its loggers from this section when the workflow runs: node-by-node chatter only with -v
-    level = "INFO" if logging.getLogger("bids_phydiff").getEffectiveLevel() <= logging.DEBUG else "WARNING"
-    workflow.config["logging"] = {"workflow_level": level, "interface_level": level, "utils_level": level}
+    _quiet_nipype(logging.getLogger("bids_phydiff").getEffectiveLevel() > logging.DEBUG)
     name, args = plugin_settings(nprocs, mem_gb, plugin)
     LOGGER.info("running workflow %s with the %s plugin %s", workflow.name, name, args or "")
     before = set(crash_dir.glob("crash-*"))

@@ -1,0 +1,314 @@
+"""Evaluate model bundles and baselines on prepared held-out subjects: image metrics per b-shell and DTI.
+
+For every prepared run of the chosen subjects (:mod:`.prepared`) and every *method*:
+
+- each bundle ``NAME=FOLDER`` synthesises the run's acquired scheme from its b0 reference with
+  :func:`bids_phydiff.synth.volume.synthesise`, the bundle's ADC and tract atlases
+  (:func:`bids_phydiff.synth.inputs.bundle_conditions`) and the app's sampler (:func:`~bids_phydiff.synth.inputs.app_sampler`);
+- ``physics_baseline``: S0 * exp(-b ADC_atlas(b)) (:func:`.baseline.physics_baseline`) with the FIRST bundle's
+  ADC atlas, in the brain mask;
+- ``acquired`` (on request): the prepared DWI itself; against the acquired reference it is perfect (the
+  sanity row: PSNR inf, SSIM 1, DTI errors 0), against the noise-free truth it is the noise floor.
+
+Each method's series ``(X, Y, Z, N)`` (signal units) is compared with each *reference*:
+
+- ``acquired``: the prepared DWI (noisy);
+- ``truth`` (with ``truth_dir``, a phantom): the noise-free signal through the same preparation
+  (:func:`.truth_reference.noise_free_prepared`).
+
+Image metrics (:func:`.metrics.series_metrics`): every diffusion-weighted volume, masked metrics in signal
+units (PSNR and SSIM with the data range = the b0 scale, NRMSE) and the paper protocol; then per shell the
+mean and std over volumes (of all evaluated runs together). DTI (:func:`.dti.dti_agreement`): tensors of the
+full series (b0 copies included) against the reference's, in white matter: FA > 0.3 of the acquired
+reference's fit inside the brain mask, or, with ``truth_dir``, the template truth's white matter in the mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputDataError, NoInputError
+from ..model.sampling import SamplerConfig
+from ..prep.gradients import B0_THRESHOLD, read_fsl
+from ..train.normalise import Normaliser
+from .baseline import physics_baseline
+from .dti import dti_agreement, fit_dti
+from .metrics import series_metrics, summarise_by_shell
+from .prepared import PreparedDwi, find_prepared
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ACQUIRED",
+    "BASELINE",
+    "FA_WM_THRESHOLD",
+    "EvaluationResult",
+    "LoadedBundle",
+    "SubjectData",
+    "dti_rows",
+    "evaluate",
+    "fa_white_matter",
+    "load_bundles",
+    "load_subject",
+    "metric_rows",
+    "summarise",
+    "synthesise_run",
+]
+
+BASELINE = "physics_baseline"
+ACQUIRED = "acquired"
+TRUTH = "truth"
+FA_WM_THRESHOLD = 0.3
+"""White matter without a truth: FA of the acquired reference's tensor fit above this, inside the brain mask."""
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle (:class:`bids_phydiff.model.bundle.Bundle`) with its conditions
+    (:class:`bids_phydiff.synth.inputs.BundleConditions`) under the method ``name``."""
+
+    name: str
+    bundle: object
+    conditions: object
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    """One prepared run in memory: ``dwi`` (X, Y, Z, N) signal units, ``bvals`` (N,) s/mm^2, ``bvecs`` (N, 3),
+    ``mask`` (X, Y, Z) bool, ``b0`` (X, Y, Z) the b0 reference, ``affine`` (4, 4), ``scale`` the b0 scale
+    (99.5th percentile in the mask: the data range of the masked PSNR and SSIM)."""
+
+    run: PreparedDwi
+    dwi: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    mask: np.ndarray
+    b0: np.ndarray
+    affine: np.ndarray
+    scale: float
+
+
+@dataclass
+class EvaluationResult:
+    """Rows as written to the tables (see :mod:`.tables`), the settings, and timings.
+
+    ``volumes``: one row per (subject, reference, method, volume); ``shells``: per (reference, method, shell);
+    ``dti``: per (subject, reference, method); ``samplers``: the sampler comparison (or empty);
+    ``timings``: per (subject, method) synthesis seconds."""
+
+    volumes: list[dict] = field(default_factory=list)
+    shells: list[dict] = field(default_factory=list)
+    dti: list[dict] = field(default_factory=list)
+    samplers: list[dict] = field(default_factory=list)
+    timings: list[dict] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def load_bundles(bundles: Mapping[str, str | Path], device: str = "cpu") -> list[LoadedBundle]:
+    """Load every ``name -> folder``; a missing folder is :class:`NoInputError` (66), a corrupt one
+    :class:`InputDataError` (65), each naming the method and the folder."""
+    from ..model.bundle import BundleError, load_bundle
+    from ..model.device import resolve_device
+    from ..synth.inputs import bundle_conditions
+
+    loaded = []
+    for name, path in bundles.items():
+        path = Path(path)
+        if not path.is_dir():
+            raise NoInputError(f"--model {name}={path}: model bundle folder not found")
+        try:
+            bundle = load_bundle(path, device=resolve_device(device))
+        except BundleError as exc:
+            raise InputDataError(f"--model {name}={path}: {exc}") from None
+        loaded.append(LoadedBundle(name, bundle, bundle_conditions(bundle)))
+    return loaded
+
+
+def load_subject(run: PreparedDwi) -> SubjectData:
+    """Read a prepared run (:class:`.prepared.PreparedDwi`); inconsistent files are :class:`InputDataError`."""
+    img = nib.load(str(run.dwi))
+    dwi = np.asarray(img.dataobj, dtype=np.float32)
+    if dwi.ndim != 4:
+        raise InputDataError(f"{run.dwi}: expected a 4-D series, got shape {dwi.shape}")
+    table = read_fsl(run.bval, run.bvec)
+    if table.bvals.size != dwi.shape[3]:
+        raise InputDataError(f"{run.bval}: {table.bvals.size} b-values for {dwi.shape[3]} volumes")
+    mask = np.asarray(nib.load(str(run.mask)).dataobj) > 0
+    b0 = np.asarray(nib.load(str(run.b0ref)).dataobj, dtype=np.float32)
+    if mask.shape != dwi.shape[:3] or b0.shape != dwi.shape[:3]:
+        raise InputDataError(f"{run.dwi}: mask {mask.shape} or b0 reference {b0.shape} not on the DWI grid")
+    if not mask.any():
+        raise InputDataError(f"{run.mask}: the brain mask is empty")
+    scale = Normaliser.from_b0(b0, mask).scale
+    return SubjectData(run, dwi, table.bvals, table.bvecs, mask, b0, img.affine, float(scale))
+
+
+def fa_white_matter(reference: np.ndarray, bvals, bvecs, mask, threshold: float = FA_WM_THRESHOLD) -> np.ndarray:
+    """``(X, Y, Z)`` bool: FA of the tensor fit of ``reference`` above ``threshold`` inside ``mask``."""
+    fa = fit_dti(reference, bvals, bvecs, mask).fa
+    return (fa > threshold) & (np.asarray(mask) > 0)
+
+
+# -------------------------------------------------------------------------------------- computation
+
+
+def synthesise_run(loaded: LoadedBundle, subject: SubjectData, sampler: SamplerConfig, seed: int,
+                   batch_size: int = 64, volumes: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """Synthesise the run's acquired scheme (or the ``volumes`` of it) with one bundle.
+
+    Returns ``(series (X, Y, Z, N'), seconds)``. The run must be on the bundle's grid (else
+    :class:`~bids_phydiff.synth.grid.GridMismatchError`, exit 65).
+    """
+    from ..synth.grid import check_grid, slice_grid
+    from ..synth.scheme import TargetScheme
+    from ..synth.volume import synthesise
+
+    bundle, conditions = loaded.bundle, loaded.conditions
+    check_grid(bundle.grid, subject.b0.shape, subject.affine, str(subject.run.b0ref))
+    index = np.arange(subject.bvals.size) if volumes is None else np.asarray(volumes, dtype=int)
+    scheme = TargetScheme(subject.bvals[index], subject.bvecs[index], "acquired", B0_THRESHOLD)
+    start = time.perf_counter()
+    result = synthesise(bundle.model, subject.b0, subject.mask, scheme, conditions.adc_atlas, conditions.shells,
+                        slice_grid(bundle.grid, bundle.model), sampler, samples=1, batch_size=batch_size,
+                        seed=seed, tracts=conditions.tracts, progress=False)
+    return result.mean, time.perf_counter() - start
+
+
+def metric_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, mask, scale: float,
+                **labels) -> list[dict]:
+    """Per-volume rows (diffusion-weighted volumes) of every method against ``reference``, each starting
+    with ``labels`` (e.g. subject, reference) and ``method``; metrics as :func:`.metrics.series_metrics`."""
+    rows = []
+    for name, series in methods.items():
+        for row in series_metrics(series, reference, bvals, mask, scale=scale):
+            rows.append({**labels, "method": name, **row})
+    return rows
+
+
+def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, wm, **labels) -> list[dict]:
+    """One row per method: ``labels``, ``method`` and :func:`.dti.dti_agreement` of its full series with
+    ``reference`` in ``wm``."""
+    return [{**labels, "method": name, **dti_agreement(series, reference, bvals, bvecs, wm)}
+            for name, series in methods.items()]
+
+
+def summarise(volume_rows: Sequence[Mapping], keys: Sequence[str] = ("reference", "method")) -> list[dict]:
+    """Per (``keys``..., shell) the mean and std over volumes (:func:`.metrics.summarise_by_shell`), in the
+    order the (reference, method) pairs first appear."""
+    groups: dict[tuple, list] = {}
+    for row in volume_rows:
+        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+    out = []
+    for key, rows in groups.items():
+        for summary in summarise_by_shell(rows):
+            out.append({**dict(zip(keys, key)), **summary})
+    return out
+
+
+def evaluate(
+    output_dir: str | Path,
+    bundles: Mapping[str, str | Path],
+    subjects: Sequence[str] = (),
+    *,
+    truth_dir: str | Path | None = None,
+    sampler: SamplerConfig | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str = "cpu",
+    with_acquired: bool = False,
+    with_baseline: bool = True,
+    compare_samplers: Mapping[str, SamplerConfig] | None = None,
+    compare_volumes_per_shell: int = 1,
+    work_dir: str | Path | None = None,
+) -> EvaluationResult:
+    """Run the whole evaluation (see the module docstring) and return its rows.
+
+    ``bundles``: ``{method name: bundle folder}`` (at least one; the first gives the baseline's ADC atlas
+    and the grid). ``subjects``: labels (empty = every prepared subject on the bundle's grid).
+    ``sampler``: default the app's DDIM 20 steps from SDEdit 0.8. ``compare_samplers``: ``{name: sampler}``
+    run with the first bundle on ``compare_volumes_per_shell`` volumes of each shell (:mod:`.samplers`).
+    """
+    from ..synth.inputs import app_sampler
+    from .truth_reference import noise_free_prepared, template_white_matter, truth_root
+
+    if not bundles:
+        raise NoInputError("no model bundle given (--model NAME=FOLDER)")
+    sampler = sampler or app_sampler("ddim", 20)
+    if truth_dir is not None:
+        truth_dir = truth_root(truth_dir)
+    loaded = load_bundles(bundles, device)
+    first = loaded[0]
+    grid = first.bundle.grid
+    runs = find_prepared(output_dir, tuple(subjects), space=grid.template,
+                         res=first.bundle.metadata.get("res_label"))
+    trained_on = _training_subjects(first.bundle.path)
+    result = EvaluationResult(settings={
+        "output_dir": str(output_dir),
+        "bundles": {b.name: str(b.bundle.path) for b in loaded},
+        "objectives": {b.name: b.bundle.model.config.objective for b in loaded},
+        "subjects": sorted({r.subject for r in runs}),
+        "runs": [str(r.dwi) for r in runs],
+        "sampler": dataclasses.asdict(sampler),
+        "seed": seed,
+        "truth_dir": None if truth_dir is None else str(truth_dir),
+        "white_matter": "template truth tissue label 3 inside the brain mask" if truth_dir is not None
+        else f"FA > {FA_WM_THRESHOLD} of the acquired reference inside the brain mask",
+        "baseline_atlas": str(first.bundle.path / "adc_atlas.nii.gz"),
+    })
+    for run in runs:
+        if run.subject in trained_on:
+            log.warning("sub-%s was a training subject of %s: its metrics are not held-out metrics",
+                        run.subject, first.bundle.path)
+        subject = load_subject(run)
+        methods: dict[str, np.ndarray] = {}
+        for b in loaded:
+            log.info("%s: synthesising %d volumes with %s", run.prefix, subject.bvals.size, b.name)
+            series, seconds = synthesise_run(b, subject, sampler, seed, batch_size)
+            methods[b.name] = series
+            result.timings.append({"subject": run.subject, "run": run.prefix, "method": b.name,
+                                   "seconds": seconds, "volumes": int(subject.bvals.size)})
+        if with_baseline:
+            methods[BASELINE] = physics_baseline(subject.b0, subject.bvals, first.conditions.adc_atlas,
+                                                 first.conditions.shells, mask=subject.mask)
+        if with_acquired:
+            methods[ACQUIRED] = subject.dwi
+        references = {ACQUIRED: subject.dwi}
+        if truth_dir is not None:
+            references[TRUTH] = noise_free_prepared(run, truth_dir, work_dir)
+            wm = template_white_matter(run, truth_dir) & subject.mask
+        else:
+            wm = fa_white_matter(subject.dwi, subject.bvals, subject.bvecs, subject.mask)
+        if not wm.any():
+            raise InputDataError(f"{run.dwi}: the white-matter mask is empty; cannot compare tensors")
+        for ref_name, reference in references.items():
+            labels = {"subject": run.subject, "run": run.prefix, "reference": ref_name}
+            result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, **labels)
+            result.dti += dti_rows(methods, reference, subject.bvals, subject.bvecs, wm, **labels)
+        if compare_samplers:
+            from .samplers import compare_samplers as run_comparison
+
+            result.samplers += run_comparison(first, subject, references, compare_samplers, seed, batch_size,
+                                              compare_volumes_per_shell)
+    result.shells = summarise(result.volumes)
+    return result
+
+
+def _training_subjects(bundle_path: Path) -> set[str]:
+    import json
+
+    info = Path(bundle_path) / "train.json"
+    try:
+        return set(json.loads(info.read_text())["subjects"]["train"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()

@@ -1,0 +1,206 @@
+"""Write an :class:`~.evaluate.EvaluationResult` as TSV tables, one Markdown report and bar charts.
+
+Files in the output folder:
+
+- ``metrics_volumes.tsv``: one row per (subject, run, reference, method, diffusion-weighted volume);
+- ``metrics_shells.tsv``: one row per (reference, method, shell) -- shells ascending, then ``all`` --
+  with ``volumes`` and ``<metric>_mean`` / ``<metric>_std`` over volumes (population std) of the masked
+  metrics in signal units (``psnr`` dB, ``ssim``, ``nrmse``) and of the paper protocol (``paper_psnr``,
+  ``paper_ssim``);
+- ``dti.tsv``: one row per (subject, run, reference, method): FA / MD / principal-direction agreement in WM;
+- ``samplers.tsv`` (with a sampler comparison), ``timings.tsv`` (synthesis seconds per run and method);
+- ``evaluation.md``: the settings and every table (SSIM in %, i.e. points, as the paper);
+- ``evaluation.json``: the settings;
+- ``plots/<reference>_<metric>.png``: per metric a bar chart, shells on the x axis, one bar per method
+  (error bar: std over volumes); ``plots/<reference>_dti.png``: FA error, MD error and angle per method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .metrics import write_tsv
+
+__all__ = ["PLOT_METRICS", "markdown_report", "markdown_table", "plot_dti", "plot_shells", "write_outputs"]
+
+PLOT_METRICS = ("psnr", "ssim", "nrmse", "paper_psnr", "paper_ssim")
+_LABELS = {"psnr": "masked PSNR (dB)", "ssim": "masked SSIM (%)", "nrmse": "masked NRMSE",
+           "paper_psnr": "paper PSNR (dB)", "paper_ssim": "paper SSIM (%)"}
+_PERCENT = {"ssim", "paper_ssim"}
+
+
+def _num(value, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.{digits}f}"
+
+
+def _pm(row: Mapping, metric: str, digits: int = 2) -> str:
+    factor = 100.0 if metric in _PERCENT else 1.0
+    mean, std = row[f"{metric}_mean"] * factor, row[f"{metric}_std"] * factor
+    if math.isinf(mean):
+        return _num(mean)
+    return f"{_num(mean, digits)} ± {_num(std, digits)}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def shell_table(shells: Sequence[Mapping], reference: str) -> str:
+    """Markdown: one row per method x shell against ``reference``."""
+    header = ["method", "shell", "vols", "PSNR dB", "SSIM %", "NRMSE", "paper PSNR dB", "paper SSIM %"]
+    rows = []
+    for r in shells:
+        if r["reference"] != reference:
+            continue
+        shell = r["shell"] if isinstance(r["shell"], str) else f"{r['shell']:g}"
+        rows.append([r["method"], shell, r["volumes"], _pm(r, "psnr"), _pm(r, "ssim", 1), _pm(r, "nrmse", 3),
+                     _pm(r, "paper_psnr"), _pm(r, "paper_ssim", 1)])
+    return markdown_table(header, rows)
+
+
+def dti_table(dti: Sequence[Mapping], reference: str) -> str:
+    """Markdown: one row per subject x method against ``reference``."""
+    header = ["subject", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %", "angle mean °",
+              "angle median °", "WM voxels"]
+    rows = [[r["subject"], r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
+             _num(r["md_relative_error"] * 100, 1), _num(r["angle_mean"], 1), _num(r["angle_median"], 1), r["voxels"]]
+            for r in dti if r["reference"] == reference]
+    return markdown_table(header, rows)
+
+
+def sampler_table(samplers: Sequence[Mapping]) -> str:
+    header = ["subject", "reference", "model", "sampler", "evals", "vols x slices", "s / slice", "s / volume",
+              "speed-up", "SSIM %", "Δ SSIM points", "PSNR dB", "paper SSIM %"]
+    rows = [[r["subject"], r["reference"], r["method"], r["sampler"], r["model_evaluations"],
+             f"{r['volumes']} x {r['slices_per_volume']}", _num(r["seconds_per_slice"], 4),
+             _num(r["seconds_per_volume"], 2), _num(r["speedup"], 1), _num(r["ssim"] * 100, 2),
+             _num(r["ssim_points_vs_first"], 2), _num(r["psnr"], 2), _num(r["paper_ssim"] * 100, 2)]
+            for r in samplers]
+    return markdown_table(header, rows)
+
+
+def markdown_report(result) -> str:
+    """The whole evaluation as Markdown: settings, per-reference shell and DTI tables, samplers, timings."""
+    s = result.settings
+    sampler = s.get("sampler", {})
+    lines = ["# Evaluation", "",
+             f"- runs: {', '.join(Path(r).name for r in s.get('runs', []))}",
+             f"- methods: {', '.join(f'`{k}` = {v}' for k, v in s.get('bundles', {}).items())}; "
+             f"`physics_baseline` = S0 exp(-b ADC) with the ADC atlas of the first bundle",
+             f"- sampler: {sampler.get('method')} "
+             f"{sampler.get('steps') if sampler.get('method') == 'ddim' else 'all steps'}, start {sampler.get('start')} "
+             f"(strength {sampler.get('strength')}), clamp x0 {sampler.get('clip_x0')}, seed {s.get('seed')}",
+             f"- white matter for DTI: {s.get('white_matter')}", ""]
+    references = list(dict.fromkeys(r["reference"] for r in result.shells))
+    for ref in references:
+        what = ("the acquired prepared DWI (noisy)" if ref == "acquired"
+                else "the noise-free truth through the same preparation" if ref == "truth" else ref)
+        lines += [f"## Image metrics per shell, reference: {what}", "",
+                  "Mean ± std over diffusion-weighted volumes; PSNR/SSIM/NRMSE inside the brain mask in signal "
+                  "units (data range = the b0 scale); paper protocol = per-slice min-max to [0, 255], no mask.", "",
+                  shell_table(result.shells, ref), ""]
+        lines += [f"## DTI in white matter, reference: {what}", "", dti_table(result.dti, ref), ""]
+    if result.samplers:
+        lines += ["## Samplers: quality against time", "", sampler_table(result.samplers), ""]
+    if result.timings:
+        lines += ["## Synthesis time", "", markdown_table(
+            ["run", "method", "volumes", "seconds"],
+            [[t["run"], t["method"], t["volumes"], _num(t["seconds"], 1)] for t in result.timings]), ""]
+    return "\n".join(lines)
+
+
+def plot_shells(shells: Sequence[Mapping], reference: str, metric: str, out_path: Path) -> Path:
+    """Grouped bar chart of ``metric`` per shell (x) and method (bars) against ``reference``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in shells if r["reference"] == reference]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    keys = list(dict.fromkeys(r["shell"] for r in rows))
+    factor = 100.0 if metric in _PERCENT else 1.0
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * len(keys) + 0.3 * len(methods), 3.6))
+    x = np.arange(len(keys))
+    for i, method in enumerate(methods):
+        by_shell = {r["shell"]: r for r in rows if r["method"] == method}
+        means = np.array([by_shell[k][f"{metric}_mean"] * factor if k in by_shell else np.nan for k in keys])
+        stds = np.array([by_shell[k][f"{metric}_std"] * factor if k in by_shell else np.nan for k in keys])
+        finite = np.isfinite(means)
+        ax.bar(x[finite] + (i - (len(methods) - 1) / 2) * width, means[finite], width,
+               yerr=np.where(np.isfinite(stds), stds, 0)[finite], capsize=2, label=method)
+    ax.set_xticks(x, [k if isinstance(k, str) else f"b={k:g}" for k in keys])
+    ax.set_ylabel(_LABELS.get(metric, metric))
+    ax.set_title(f"{_LABELS.get(metric, metric)} vs {reference}")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def plot_dti(dti: Sequence[Mapping], reference: str, out_path: Path) -> Path:
+    """Bars of FA MAE, MD relative error (%) and mean angle (degrees) per method (mean over subjects)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in dti if r["reference"] == reference]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    panels = (("fa_mae", "FA MAE", 1.0), ("md_relative_error", "MD rel. error (%)", 100.0),
+              ("angle_mean", "mean angle (deg)", 1.0))
+    fig, axes = plt.subplots(1, 3, figsize=(3 + 1.2 * len(methods), 3.4))
+    for ax, (key, label, factor) in zip(axes, panels):
+        values = [factor * float(np.mean([r[key] for r in rows if r["method"] == m])) for m in methods]
+        ax.bar(range(len(methods)), values, color=[f"C{i}" for i in range(len(methods))])
+        ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
+        ax.set_title(label, fontsize=9)
+    fig.suptitle(f"DTI in white matter vs {reference}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
+    """Write every table, the Markdown report, the settings and the plots into ``out_dir`` (created)."""
+    out_dir = Path(out_dir)
+    (out_dir / "plots").mkdir(parents=True, exist_ok=True)
+    written = {
+        "volumes": write_tsv(result.volumes, out_dir / "metrics_volumes.tsv"),
+        "shells": write_tsv(result.shells, out_dir / "metrics_shells.tsv"),
+        "dti": write_tsv(result.dti, out_dir / "dti.tsv"),
+    }
+    if result.samplers:
+        written["samplers"] = write_tsv(result.samplers, out_dir / "samplers.tsv")
+    if result.timings:
+        written["timings"] = write_tsv(result.timings, out_dir / "timings.tsv")
+    report = out_dir / "evaluation.md"
+    report.write_text(markdown_report(result) + "\n", encoding="utf-8")
+    written["markdown"] = report
+    settings = out_dir / "evaluation.json"
+    settings.write_text(json.dumps(result.settings, indent=2, default=str) + "\n", encoding="utf-8")
+    written["settings"] = settings
+    for ref in dict.fromkeys(r["reference"] for r in result.shells):
+        for metric in PLOT_METRICS:
+            written[f"plot_{ref}_{metric}"] = plot_shells(result.shells, ref, metric,
+                                                          out_dir / "plots" / f"{ref}_{metric}.png")
+        written[f"plot_{ref}_dti"] = plot_dti(result.dti, ref, out_dir / "plots" / f"{ref}_dti.png")
+    return written
