@@ -205,3 +205,21 @@ def test_a_killed_run_leaves_no_partial_output_and_the_rerun_completes(loop, tmp
     proc = synth(loop, out, "--model", loop["bundle"], *FAST)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert nii(_synth(out)).is_file()
+
+
+def test_torchrun_trains_on_two_processes(loop, tmp_path):
+    """``torchrun --nproc-per-node 2 run.py ... group`` (gloo on CPU): one bundle, written by rank 0."""
+    (tmp_path / "train.yml").write_text("preset: tiny\nmax_steps: 4\nadapter_steps: 0\nbatch_size: 4\n"
+                                        "val_every: 0\nval_samples: 4\ncheckpoint_every: 0\n")
+    common = loop["common"]
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(loop["home"]), OMP_NUM_THREADS="1")
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+           str(REPO / "run.py"), str(common[0]), str(loop["out"]), "group", *map(str, common[3:]),
+           "--train-config", str(tmp_path / "train.yml"), "--model-label", "ddp", "--xtract-atlas", "none",
+           "--omp-nthreads", "1", "--nprocs", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((loop["out"] / "models" / "model-ddp" / "train.json").read_text())
+    assert info["world_size"] == 2 and info["metrics"]["steps"] == 4
+    assert load_bundle(loop["out"] / "models" / "model-ddp").model.config.adapter is None
+    assert list((loop["out"] / "logs").glob("group-*_rank-1.log"))  # each rank logs; only rank 0 saves
