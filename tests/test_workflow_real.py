@@ -128,3 +128,23 @@ def test_xa30_goes_through_its_t1w(prepared):
 def test_real_derivatives_validate_and_nothing_is_left_in_tmp(prepared):
     validate(prepared["out"])
     assert sorted(os.listdir(prepared["tmp"])) == []
+
+
+def test_mni305_the_papers_template_works(real_bids, shared_templateflow, tmp_path):
+    """One toshiba acquisition prepared into MNI305 (a 1 mm template without res- files, regridded to 4 mm)."""
+    (tmp_path / "filter.json").write_text('{"dwi": {"acquisition": "ortho"}}')
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(shared_templateflow))
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run.py"), str(real_bids), str(out), "participant", "-w", str(tmp_path / "work"),
+         "--participant-label", "toshiba", "--bids-filter-file", str(tmp_path / "filter.json"), "--template",
+         "MNI305", "--output-resolution", "4", "--skip-bids-validation"],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    grid = load_template("MNI305", 4.0, home=shared_templateflow)
+    stem = out / "sub-toshiba" / "dwi" / "sub-toshiba_acq-ortho_space-MNI305_res-4mm"
+    mask = np.asarray(nib.load(f"{stem}_desc-brain_mask.nii.gz").dataobj) > 0
+    brain = template_image(grid, "mask")
+    dice = 2 * (mask & brain).sum() / (mask.sum() + brain.sum())
+    print(f"sub-toshiba acq-ortho brain mask Dice with MNI305's: {dice:.3f}")
+    assert mask.shape == grid.shape and dice > 0.8
