@@ -162,6 +162,10 @@ def test_a_bundle_for_another_grid_is_refused(loop, tmp_path):
     config = json.loads((other / "config.json").read_text())
     config["grid"]["shape"] = [s + 2 for s in config["grid"]["shape"]]
     (other / "config.json").write_text(json.dumps(config))
+    for name in ("adc_atlas.nii.gz", "tract_atlas.nii.gz"):  # a consistent bundle, only on another grid
+        img = nib.load(other / name)
+        padded = np.pad(np.asarray(img.dataobj), [(1, 1)] * 3 + [(0, 0)])
+        nib.save(nib.Nifti1Image(padded, img.affine), other / name)
     proc = synth(loop, tmp_path / "out", "--model", other, *FAST)
     assert proc.returncode == 65, proc.stderr[-2000:]
     assert "not the model grid" in proc.stderr and "Traceback" not in proc.stderr

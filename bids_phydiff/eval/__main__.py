@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "against --truth-dir)")
     p.add_argument("--no-baseline", action="store_true", help="leave out the physics baseline")
     p.add_argument("--compare-samplers", action="store_true",
-                   help="also time DDPM 1000 / DDIM 50 / DDIM 20 with the first bundle on a few volumes and "
+                   help="also time DDPM (every step) / DDIM 50 / DDIM 20 with the first bundle on a few volumes and "
                         "compare their SSIM")
     p.add_argument("--compare-volumes", type=int, default=1,
                    help="volumes per shell for --compare-samplers (default 1)")

@@ -186,20 +186,21 @@ def synthesise_run(loaded: LoadedBundle, subject: SubjectData, sampler: SamplerC
 
 
 def metric_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, mask, scale: float,
-                **labels) -> list[dict]:
+                labels: Mapping | None = None) -> list[dict]:
     """Per-volume rows (diffusion-weighted volumes) of every method against ``reference``, each starting
     with ``labels`` (e.g. subject, reference) and ``method``; metrics as :func:`.metrics.series_metrics`."""
     rows = []
     for name, series in methods.items():
         for row in series_metrics(series, reference, bvals, mask, scale=scale):
-            rows.append({**labels, "method": name, **row})
+            rows.append({**(labels or {}), "method": name, **row})
     return rows
 
 
-def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, wm, **labels) -> list[dict]:
+def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, wm,
+             labels: Mapping | None = None) -> list[dict]:
     """One row per method: ``labels``, ``method`` and :func:`.dti.dti_agreement` of its full series with
     ``reference`` in ``wm``."""
-    return [{**labels, "method": name, **dti_agreement(series, reference, bvals, bvecs, wm)}
+    return [{**(labels or {}), "method": name, **dti_agreement(series, reference, bvals, bvecs, wm)}
             for name, series in methods.items()]
 
 
@@ -211,7 +212,9 @@ def summarise(volume_rows: Sequence[Mapping], keys: Sequence[str] = ("reference"
         groups.setdefault(tuple(row[k] for k in keys), []).append(row)
     out = []
     for key, rows in groups.items():
-        for summary in summarise_by_shell(rows):
+        with np.errstate(invalid="ignore"):  # a perfect method has PSNR inf: its std is NaN ("n/a")
+            summaries = summarise_by_shell(rows)
+        for summary in summaries:
             out.append({**dict(zip(keys, key)), **summary})
     return out
 
@@ -293,8 +296,8 @@ def evaluate(
             raise InputDataError(f"{run.dwi}: the white-matter mask is empty; cannot compare tensors")
         for ref_name, reference in references.items():
             labels = {"subject": run.subject, "run": run.prefix, "reference": ref_name}
-            result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, **labels)
-            result.dti += dti_rows(methods, reference, subject.bvals, subject.bvecs, wm, **labels)
+            result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, labels)
+            result.dti += dti_rows(methods, reference, subject.bvals, subject.bvecs, wm, labels)
         if compare_samplers:
             from .samplers import compare_samplers as run_comparison
 

@@ -75,9 +75,9 @@ def shell_table(shells: Sequence[Mapping], reference: str) -> str:
 
 def dti_table(dti: Sequence[Mapping], reference: str) -> str:
     """Markdown: one row per subject x method against ``reference``."""
-    header = ["subject", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %", "angle mean °",
+    header = ["run", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %", "angle mean °",
               "angle median °", "WM voxels"]
-    rows = [[r["subject"], r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
+    rows = [[r.get("run", r["subject"]), r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
              _num(r["md_relative_error"] * 100, 1), _num(r["angle_mean"], 1), _num(r["angle_median"], 1), r["voxels"]]
             for r in dti if r["reference"] == reference]
     return markdown_table(header, rows)

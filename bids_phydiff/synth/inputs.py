@@ -23,10 +23,11 @@ __all__ = ["ADC_ATLAS_FILE", "CLIP_X0", "BundleConditions", "app_sampler", "bund
 ADC_ATLAS_FILE = "adc_atlas.nii.gz"
 TRACT_ATLAS_FILE = "tract_atlas.nii.gz"
 
-CLIP_X0 = 2.0
-"""Each step's predicted clean slice is clamped to [-2, 2] in normalised units, i.e. 0 to 1.5 times the
-b0's 99.5th percentile: no diffusion-weighted signal exceeds that, and a model early in training would
-otherwise amplify its errors at the first, noisiest steps."""
+CLIP_X0 = (-1.0, 2.0)
+"""Each step's predicted clean slice is clamped to [-1, 2] in normalised units, i.e. 0 to 1.5 times the
+b0's 99.5th percentile: magnitude signal is not negative and no diffusion-weighted signal exceeds that,
+while a model early in training would otherwise amplify its errors at the first, noisiest steps
+(x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,6 @@ from ..errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
-CLIP_X0 = (-1.0, 2.0)
-"""Each step's predicted clean slice is clamped to [-1, 2] in normalised units, i.e. 0 to 1.5 times the
-b0's 99.5th percentile: magnitude signal is not negative and no diffusion-weighted signal exceeds that,
-while a model early in training would otherwise amplify its errors at the first, noisiest steps
-(x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar))."""
 
 
 @dataclass(frozen=True)
@@ -143,10 +138,10 @@ def _slice_figure(run: CheckedRun, scheme, mean, std, acquired, mask, out_path: 
     return plot_synthesis(rows, out_path, title)
 
 
-def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tracts, atlas, work_dir: Path) -> dict:
+def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, conditions, work_dir: Path) -> dict:
     """Synthesise one run and write its outputs; returns what the report and the log need."""
     from ..eval.metrics import series_metrics, summarise_by_shell, write_tsv
-    from ..model.sampling import SamplerConfig
+    from ..synth.inputs import CLIP_X0, app_sampler
     from ..prep.gradients import write_reoriented_fsl
     from ..prep.resample import to_native
     from ..synth.grid import check_grid, slice_grid
@@ -159,11 +154,11 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
     b0 = np.asarray(b0_img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(str(prepared.mask)).dataobj) > 0
     scheme = target_scheme(opts, prepared, config.seed, config.b0_threshold)
-    sampler = SamplerConfig(method=opts.sampler, steps=opts.steps, clip_x0=CLIP_X0,
-                            start="noise" if opts.strength >= 1.0 else "sdedit", strength=min(opts.strength, 1.0))
+    sampler = app_sampler(opts.sampler, opts.steps, opts.strength)
     start = time.monotonic()
-    result = synthesise(bundle.model, b0, mask, scheme, atlas, bundle.b_shells, slice_grid(bundle.grid, bundle.model),
-                        sampler, samples=opts.samples, batch_size=opts.batch_size, seed=config.seed, tracts=tracts)
+    result = synthesise(bundle.model, b0, mask, scheme, conditions.adc_atlas, conditions.shells,
+                        slice_grid(bundle.grid, bundle.model), sampler, samples=opts.samples,
+                        batch_size=opts.batch_size, seed=config.seed, tracts=conditions.tracts)
     seconds = time.monotonic() - start
     LOGGER.info("%s: %d volumes synthesised in %.1f s", run.run.dwi.name, len(scheme), seconds)
 
@@ -208,7 +203,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, tra
 
         acquired = np.asarray(nib.load(str(prepared.dwi)).dataobj, dtype=np.float32)
         scale = Normaliser.from_b0(b0, mask).scale
-        baseline = physics_baseline(b0, scheme.bvals, atlas, bundle.b_shells, mask=mask)
+        baseline = physics_baseline(b0, scheme.bvals, conditions.adc_atlas, conditions.shells, mask=mask)
         rows, summary = [], []
         for method, series in (("phydiff", result.mean), ("physics_baseline", baseline)):
             method_rows = [{"method": method, **row}
@@ -268,8 +263,8 @@ def format_summary(summary: list[dict]) -> str:
 
 def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
     """Prepare (if needed) and synthesise every checked run with the bundle ``config.model``."""
-    from ..prep.tracts import load_tract_atlas
     from ..reports.html import Section, write_report
+    from ..synth.inputs import bundle_conditions
     from .participant import run_participant
 
     bundle = load_model_bundle(config.model, config.device)
@@ -289,18 +284,11 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
         if not f.complete:
             raise InputDataError(f"{r.run.dwi}: prepare did not produce {f.dwi}")
 
-    atlas_img = nib.load(str(bundle.path / "adc_atlas.nii.gz"))
-    atlas = np.asarray(atlas_img.dataobj, dtype=np.float32)
-    tracts = None
-    if bundle.model.config.adapter is not None:
-        tract_file = bundle.path / (bundle.metadata.get("tract_atlas") or "tract_atlas.nii.gz")
-        if not tract_file.is_file():
-            raise InputDataError(f"model bundle {bundle.path}: has an adapter but no tract_atlas.nii.gz")
-        tracts = load_tract_atlas(tract_file, grid.shape, np.asarray(grid.affine))
+    conditions = bundle_conditions(bundle)
 
     results = []
     for run, prepared in zip(checked, files):
-        results.append(synthesise_run(run, prepared, bundle, config, tracts, atlas, config.work_dir / "synthesis"))
+        results.append(synthesise_run(run, prepared, bundle, config, conditions, config.work_dir / "synthesis"))
         for line in format_summary(results[-1]["summary"]).splitlines() if results[-1]["summary"] else []:
             LOGGER.info("%s | %s", run.run.prefix, line)
     for subject in sorted({r.run.subject for r in checked}):
