@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,13 +32,16 @@ def run_once(bids: Path, out: Path, work: Path, args: list[str], home: Path) -> 
     env = dict(os.environ, TEMPLATEFLOW_HOME=str(home))
     cmd = [sys.executable, str(REPO / "run.py"), str(bids), str(out), "participant", "-w", str(work),
            "--skip-bids-validation", *args]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # a fresh parent per run, so that its RUSAGE_CHILDREN peak belongs to this run only
+    wrapper = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, "
+               "stderr=sys.stderr).returncode; print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+               "sys.exit(rc)")
     start = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024  # KiB -> MiB on Linux
+    peak = int(proc.stdout.split()[-1]) / 1024  # KiB -> MiB on Linux
     return wall, peak
 
 

@@ -47,6 +47,7 @@ class SynthOptions:
     target_directions: int = 30
     sampler: str = "ddim"
     steps: int = 50
+    eta: float = 1.0
     strength: float = 0.8
     samples: int = 1
     batch_size: int = 16
@@ -283,6 +284,7 @@ def _level_options(args: argparse.Namespace) -> tuple[TrainOptions, SynthOptions
             target_directions=args.target_directions or defaults.target_directions,
             sampler=args.sampler or defaults.sampler,
             steps=args.steps or defaults.steps,
+            eta=args.eta if args.eta is not None else defaults.eta,
             strength=args.strength if args.strength is not None else defaults.strength,
             samples=args.samples or defaults.samples,
             batch_size=args.batch_size or defaults.batch_size,

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=3)
     parser.add_argument("--resolution", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps of the synthesis")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the synthesis")
     args = parser.parse_args(argv)
 
     from ..phantom import PhantomConfig, generate

@@ -209,6 +209,13 @@ def _shells(value: str) -> tuple[float, ...]:
     return shells
 
 
+def _eta(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value}: eta must be in [0, 1]")
+    return number
+
+
 def _strength(value: str) -> float:
     number = float(value)
     if not 0.0 < number <= 1.0:
@@ -242,6 +249,8 @@ SYNTH_OPTIONS: list[tuple[str, dict]] = [
                                  help="uniformly spread directions per shell with --target-shells (default 30)")),
     ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"], help="reverse diffusion sampler (default ddim)")),
     ("--steps", dict(dest="steps", type=_positive_int, help="DDIM steps (default 50; DDPM always takes 1000)")),
+    ("--eta", dict(dest="eta", type=_eta, help="DDIM noise: 0 = deterministic, 1 = as much as DDPM (default 1; "
+                                               "measured: eta 0 drifts to a biased intensity, see docs/evaluation.md)")),
     ("--strength", dict(dest="strength", type=_strength,
                         help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise (default 0.8)")),
     ("--samples", dict(dest="samples", type=_positive_int,

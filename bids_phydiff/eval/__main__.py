@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "matter from the template truth")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="reverse sampler (default ddim)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--eta", type=float, default=1.0, help="DDIM noise, 0 = deterministic (default 1, as the app)")
     p.add_argument("--strength", type=float, default=0.8,
                    help="SDEdit start strength in (0, 1]; 1 = from pure noise (default 0.8, as the app)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -84,6 +85,8 @@ def _check(args) -> None:
         raise UsageError(f"--model: {sorted(reserved)} is reserved for a built-in method; choose another name")
     if args.steps < 1 or args.batch_size < 1 or args.compare_volumes < 1 or args.seed < 0:
         raise UsageError("--steps, --batch-size and --compare-volumes must be >= 1 and --seed >= 0")
+    if not 0.0 <= args.eta <= 1.0:
+        raise UsageError(f"--eta must be in [0, 1], got {args.eta}")
     if not 0.0 < args.strength <= 1.0:
         raise UsageError(f"--strength must be in (0, 1], got {args.strength}")
     if args.out.resolve() == args.output_dir.resolve():
@@ -126,7 +129,7 @@ def _run(args) -> int:
     start = time.monotonic()
     result = evaluate(
         args.output_dir, dict(args.models), args.subjects, truth_dir=args.truth_dir,
-        sampler=app_sampler(args.sampler, args.steps, args.strength), seed=args.seed,
+        sampler=app_sampler(args.sampler, args.steps, args.strength, args.eta), seed=args.seed,
         batch_size=args.batch_size, device=args.device, with_acquired=args.with_acquired,
         with_baseline=not args.no_baseline,
         compare_samplers=default_samplers(args.strength) if args.compare_samplers else None,

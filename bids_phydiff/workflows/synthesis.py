@@ -154,7 +154,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
     b0 = np.asarray(b0_img.dataobj, dtype=np.float32)
     mask = np.asarray(nib.load(str(prepared.mask)).dataobj) > 0
     scheme = target_scheme(opts, prepared, config.seed, config.b0_threshold)
-    sampler = app_sampler(opts.sampler, opts.steps, opts.strength)
+    sampler = app_sampler(opts.sampler, opts.steps, opts.strength, opts.eta)
     start = time.monotonic()
     result = synthesise(bundle.model, b0, mask, scheme, conditions.adc_atlas, conditions.shells,
                         slice_grid(bundle.grid, bundle.model), sampler, samples=opts.samples,
@@ -178,6 +178,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
         "Sampler": opts.sampler,
         "SamplingSteps": 1000 if opts.sampler == "ddpm" else opts.steps,
         "Strength": opts.strength,
+        "DDIMEta": opts.eta if opts.sampler == "ddim" else None,
         "Samples": opts.samples,
         "ClampPredictedX0": list(CLIP_X0),
         "RandomSeed": config.seed,
