@@ -107,8 +107,8 @@ def _headline(name: str, data: dict | None) -> str:
                              for s in data.get("steps", []) if isinstance(s, dict))[:120]
         if name == "phantom":
             return f"target met: {data.get('target_met')}"
-        if name == "prepare":
-            return "; ".join(f"{r.get('subject', r.get('name', '?'))} {r.get('seconds', float('nan')):.0f} s"
+        if name == "prepare":  # rows of bench_prepare.py: case, wall_s, cached_rerun_s, peak_rss_mib
+            return "; ".join(f"{r['case']} {r['wall_s']:.0f} s (rerun {r['cached_rerun_s']:.0f} s)"
                              for r in data.get("results", []) if isinstance(r, dict))[:120]
     except (KeyError, TypeError, ValueError):
         return ""
