@@ -33,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # benchmarks/machine.py
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -64,13 +66,7 @@ def _jobs(quick: bool, demo_dir: Path) -> dict[str, dict]:
 def machine() -> dict:
     """CPU, core count, Python, torch and (when present) the GPU, plus the commit benchmarked."""
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        info["cpu"] = platform.processor() or "unknown"
+    info["cpu"] = cpu_name()
     try:
         import torch
 

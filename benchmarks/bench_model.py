@@ -35,6 +35,8 @@ from bids_phydiff.model import PRESET_IMAGE_SIZES, DiffusionBatch, PhyDiff, pres
 from bids_phydiff.model import attention as att
 from bids_phydiff.model.device import autocast
 
+from machine import cpu_name  # benchmarks/machine.py (the script's folder is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 # training batches (the official training used 48 slices of 256x256)
 BATCH_SIZES = {"cpu": {"tiny": 64, "small": 32, "paper": 2}, "cuda": {"tiny": 256, "small": 64, "paper": 16}}
@@ -56,16 +58,6 @@ def _time(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[float
         _sync(device)
         times.append(time.perf_counter() - start)
     return times
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> dict:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -39,6 +38,8 @@ from bids_phydiff.prep.adc import AdcAccumulator
 from bids_phydiff.prep.gradients import multishell_scheme
 from bids_phydiff.synth import TargetScheme, slice_grid, synthesise
 
+from machine import cpu_name  # benchmarks/machine.py (the script's folder is on sys.path)
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling.json"
 SHELLS = (1000.0, 2000.0)
 METHODS = {
@@ -47,16 +48,6 @@ METHODS = {
     "ddim-50": SamplerConfig(method="ddim", steps=50, start="sdedit", strength=0.8),
     "ddim-20": SamplerConfig(method="ddim", steps=20, start="sdedit", strength=0.8),
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def phantom_inputs(slices: int) -> dict:

@@ -39,6 +39,17 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi if hi > lo else lo + 1)
 
 
+def _save(plt, fig, out_path: str | Path, title: str) -> Path:
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+    return out_path
+
+
 def plot_overlay(
     background: np.ndarray,
     out_path: str | Path,
@@ -73,14 +84,7 @@ def plot_overlay(
             ax.set_axis_off()
             if col == 0:
                 ax.set_title(VIEWS[view], fontsize=8, loc="left")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
-    return out_path
+    return _save(plt, fig, out_path, title)
 
 
 def plot_synthesis(rows: list[tuple[str, dict[str, np.ndarray]]], out_path: str | Path, title: str = "") -> Path:
@@ -109,11 +113,4 @@ def plot_synthesis(rows: list[tuple[str, dict[str, np.ndarray]]], out_path: str 
                 ax.set_title(column, fontsize=9)
             if j == 0:
                 ax.text(-0.05, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90)
-    plt.close(fig)
-    return out_path
+    return _save(plt, fig, out_path, title)
