@@ -19,6 +19,15 @@ DEFAULT_TEMPLATE = "MNI152NLin6Asym"
 DEFAULT_RESOLUTION = 2.0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows real defaults; options whose default is decided later (None, False) say it in their help."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits with the BIDS-Apps usage code (64) instead of 2."""
 
@@ -82,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
             "participant: register each subject's DWI to a template and write derivatives "
             "(with --model: also write synthetic DWI); group: train a model on the prepared subjects."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the root of the BIDS dataset (read only)")
     parser.add_argument("output_dir", type=Path, help="where derivatives, models and logs are written")
