@@ -14,7 +14,7 @@ import pytest
 
 from bids_phydiff import __version__
 from bids_phydiff.cli.run import main
-from conftest import REPO, write_tiny_dataset
+from conftest import REPO
 
 
 def tree_digest(root: Path) -> dict[str, str]:

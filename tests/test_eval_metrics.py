@@ -112,7 +112,7 @@ def test_volume_ssim_is_2d_per_axial_slice():
     ref, test = _images((20, 22, 4))
     mask = _disc(ref.shape)
     got = masked_metrics(test, ref, mask, scale=900.0)["ssim"]
-    maps, keep = [], []
+    maps = []
     for z in range(4):
         _, full = structural_similarity(ref[..., z] * mask[..., z], test[..., z] * mask[..., z], data_range=900.0,
                                         full=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
-from contextlib import contextmanager
+from dataclasses import astuple, dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..atomic import atomic_path
 from .layout import DwiRun, filename_entities
 
 BIDS_VERSION = "1.10.0"
@@ -63,35 +63,51 @@ def derivative_path(output_dir: Path, source: str | Path | DwiRun, suffix: str, 
     return Path(output_dir) / folder / derivative_name(source, suffix, extension, **entities)
 
 
+@dataclass(frozen=True)
+class PreparedFiles:
+    """The prepare-stage derivatives of one DWI run, all named after its ``desc-preproc`` DWI."""
+
+    dwi: Path
+    bval: Path
+    bvec: Path
+    mask: Path
+    b0ref: Path
+    forward: Path
+    """DWI -> template composite transform (.h5)"""
+    inverse: Path
+
+    @classmethod
+    def beside(cls, dwi: str | Path) -> "PreparedFiles":
+        """The files that belong with ``..._space-<tpl>[_res-<r>]_desc-preproc_dwi.nii.gz``."""
+        dwi = Path(dwi)
+        entities = dict(filename_entities(dwi))
+        space, res = entities["space"], entities.get("res")
+        stem = dwi.name[: -len(".nii.gz")]
+        xfm = {"space": None, "res": None, "desc": None, "mode": "image"}
+        return cls(
+            dwi=dwi,
+            bval=dwi.with_name(f"{stem}.bval"),
+            bvec=dwi.with_name(f"{stem}.bvec"),
+            mask=dwi.with_name(derivative_name(dwi, "mask", ".nii.gz", space=space, res=res, desc="brain")),
+            b0ref=dwi.with_name(derivative_name(dwi, "dwiref", ".nii.gz", space=space, res=res, desc=None)),
+            forward=dwi.with_name(derivative_name(dwi, "xfm", ".h5", **xfm, from_="dwi", to=space)),
+            inverse=dwi.with_name(derivative_name(dwi, "xfm", ".h5", **xfm, from_=space, to="dwi")),
+        )
+
+    @classmethod
+    def of_run(cls, output_dir: Path, run: DwiRun, template: str, res_label: str | None) -> "PreparedFiles":
+        """Where the prepare stage writes ``run`` on ``template`` at ``res_label``."""
+        return cls.beside(derivative_path(output_dir, run, "dwi", ".nii.gz", space=template, res=res_label,
+                                          desc="preproc"))
+
+    def missing(self) -> list[Path]:
+        return [p for p in astuple(self) if not p.is_file()]
+
+
 def resolution_label(resolution_mm: float) -> str:
     """``res-`` label for an isotropic resolution in mm (2.0 -> '2', 1.25 -> '1p25')."""
     text = f"{resolution_mm:g}"
     return text.replace(".", "p")
-
-
-@contextmanager
-def atomic_path(target: Path):
-    """Yield a temporary path beside ``target``; move it to ``target`` only if the block succeeds."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name.split('.')[0]}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, target)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def remove_stale_temporaries(output_dir: Path) -> list[Path]:
-    """Remove the temporary files of :func:`atomic_path` that a killed run (SIGKILL) left behind."""
-    stale = [p for p in Path(output_dir).rglob(".*.tmp*") if p.is_file() and ".tmp" in p.name]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
 
 
 def write_json(target: Path, data: dict) -> Path:

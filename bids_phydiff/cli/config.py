@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..errors import NoInputError, OutputError, UsageError
 from .parser import SYNTH_OPTION_DESTS, TRAIN_OPTION_DESTS
 
@@ -111,10 +112,8 @@ class RunConfig:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
         targets = [self.work_dir / "config.json", self.output_dir / "logs" / f"config-{self.run_id}.json"]
         for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            tmp.write_text(text)
-            os.replace(tmp, target)
+            with atomic_path(target) as tmp:
+                tmp.write_text(text)
         return targets
 
 

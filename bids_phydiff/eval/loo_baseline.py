@@ -23,7 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ..errors import NoInputError, PhydiffError, UsageError
 from .baseline import physics_baseline

@@ -38,6 +38,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from ..atomic import atomic_path
 from ..prep.gradients import B0_THRESHOLD, shell_index, unique_shells
 
 __all__ = [
@@ -368,14 +369,9 @@ def write_tsv(rows: Sequence[Mapping], path: str | os.PathLike) -> Path:
     if not rows:
         raise ValueError(f"{path}: no rows to write")
     columns = list(rows[0])
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        with open(tmp, "w", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(columns)
-            for row in rows:
-                writer.writerow([_format(row.get(c, math.nan)) for c in columns])
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_format(row.get(c, math.nan)) for c in columns])
     return path

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..bids.derivatives import PreparedFiles
 from ..errors import NoInputError
 
 __all__ = ["PreparedDwi", "find_prepared"]
@@ -53,19 +54,18 @@ def _run(dwi: Path) -> PreparedDwi | None:
     if match is None:
         return None
     prefix, space, res = match["prefix"], match["space"], match["res"]
-    stem = dwi.name[: -len("_desc-preproc_dwi.nii.gz")]
-    subject = prefix.split("_")[0].removeprefix("sub-")
+    files = PreparedFiles.beside(dwi)
     return PreparedDwi(
-        subject=subject,
+        subject=prefix.split("_")[0].removeprefix("sub-"),
         prefix=prefix,
         space=space,
         res=res,
         dwi=dwi,
-        bval=dwi.with_name(dwi.name.replace(".nii.gz", ".bval")),
-        bvec=dwi.with_name(dwi.name.replace(".nii.gz", ".bvec")),
-        mask=dwi.with_name(f"{stem}_desc-brain_mask.nii.gz"),
-        b0ref=dwi.with_name(f"{stem}_dwiref.nii.gz"),
-        forward_xfm=dwi.with_name(f"{prefix}_from-dwi_to-{space}_mode-image_xfm.h5"),
+        bval=files.bval,
+        bvec=files.bvec,
+        mask=files.mask,
+        b0ref=files.b0ref,
+        forward_xfm=files.forward,
     )
 
 

@@ -10,7 +10,6 @@ the SSIM difference to the first sampler in points (SSIM x 100).
 
 from __future__ import annotations
 
-import time
 from typing import Mapping
 
 import numpy as np

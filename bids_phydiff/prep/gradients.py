@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputDataError
 
 B0_THRESHOLD = 50.0
@@ -351,13 +352,6 @@ def write_reoriented_fsl(
     world_linear = ants_world_linear(transforms, invert) if transforms else None
     bvecs = reorient_bvecs(table.bvecs, source_affine, target_affine, world_linear)
     out_bval, out_bvec = Path(out_bval), Path(out_bvec)
-    tmp_bval = out_bval.with_name(f".{out_bval.name}.part")
-    tmp_bvec = out_bvec.with_name(f".{out_bvec.name}.part")
-    try:
+    with atomic_path(out_bval) as tmp_bval, atomic_path(out_bvec) as tmp_bvec:
         write_fsl(GradientTable(table.bvals, bvecs), tmp_bval, tmp_bvec)
-        tmp_bval.replace(out_bval)
-        tmp_bvec.replace(out_bvec)
-    finally:
-        tmp_bval.unlink(missing_ok=True)
-        tmp_bvec.unlink(missing_ok=True)
     return out_bval, out_bvec

@@ -6,12 +6,12 @@ interrupted step never leaves a half-written file under the final name.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import InputDataError, NoInputError
 
 
@@ -68,14 +68,8 @@ def save_image(data: np.ndarray, affine: np.ndarray, path: str | Path, dtype=np.
     img.set_qform(affine, code=qcode)
     img.set_sform(affine, code=scode)
     img.header.set_xyzt_units("mm", "sec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(f".{path.name[: -len(suffix)]}.part{os.getpid()}{suffix}")
-    try:
+    with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_path
 from .ants_runtime import AntsError, ants_session
 from .nifti import load_image, save_image
 from .registration import TransformChain
@@ -47,15 +48,11 @@ def write_composite(files, invert, out_path: str | Path, work_dir: str | Path, t
         raise ValueError("one invert flag per transform file is needed")
     if out_path.suffix != ".h5":
         raise ValueError(f"{out_path}: composite transforms are written as .h5")
-    tmp = out_path.with_name(f".{out_path.stem}.part{os.getpid()}.h5")
     with ants_session(work_dir, threads) as ants:
         transforms = [_ants_transform(ants, f, inv) for f, inv in zip(files, invert)]
         composite = ants.compose_ants_transforms(transforms)
-        try:
+        with atomic_path(out_path) as tmp:
             ants.write_transform(composite, str(tmp))
-            os.replace(tmp, out_path)
-        finally:
-            tmp.unlink(missing_ok=True)
     return out_path
 
 

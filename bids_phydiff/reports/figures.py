@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 VIEWS = ("sagittal", "coronal", "axial")
 
 
@@ -44,8 +46,8 @@ def _save(plt, fig, out_path: str | Path, title: str) -> Path:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=90)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     return out_path
 

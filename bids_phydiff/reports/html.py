@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..atomic import atomic_path
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,6 @@ def write_report(out_html: str | Path, subject: str, sections: list[Section], no
             f"<figcaption>{html.escape(section.caption)}</figcaption></figure>",
         ]
     parts.append("</body></html>")
-    tmp = out_html.with_name(f".{out_html.name}.tmp")
-    tmp.write_text("\n".join(parts) + "\n")
-    os.replace(tmp, out_html)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text("\n".join(parts) + "\n")
     return out_html

@@ -15,6 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..bids.derivatives import PreparedFiles
 from ..errors import EmptySelectionError, InputDataError, NoInputError, UsageError
 from ..model.bundle import GridSpec
 from ..train.dataset import PreparedRun
@@ -40,18 +41,11 @@ def collect_prepared(output_dir: Path, database_dir: Path, template: str, res_la
     layout = BIDSLayout(output_dir, validate=False, database_path=database_dir / "derivatives.sqlite", reset_database=True)
     runs = []
     for f in layout.get(**query):
-        dwi = Path(f.path)
-        stem = dwi.name[: -len("_desc-preproc_dwi.nii.gz")]
-        files = {
-            "bval": dwi.with_name(dwi.name.replace(".nii.gz", ".bval")),
-            "bvec": dwi.with_name(dwi.name.replace(".nii.gz", ".bvec")),
-            "mask": dwi.with_name(f"{stem}_desc-brain_mask.nii.gz"),
-            "b0ref": dwi.with_name(f"{stem}_dwiref.nii.gz"),
-        }
-        missing = [str(p) for p in files.values() if not p.is_file()]
-        if missing:
-            raise NoInputError(f"{dwi}: prepared run is incomplete, missing {missing}; rerun the participant level")
-        runs.append(PreparedRun(subject=f.entities["subject"], dwi=dwi, **files))
+        files = PreparedFiles.beside(f.path)
+        if files.missing():
+            raise NoInputError(f"{files.dwi}: prepared run is incomplete, missing {[str(p) for p in files.missing()]}; "
+                               "rerun the participant level")
+        runs.append(PreparedRun(f.entities["subject"], files.dwi, files.bval, files.bvec, files.mask, files.b0ref))
     if not runs:
         what = f"space-{template}" + (f"_res-{res_label}" if res_label else "") + "_desc-preproc_dwi.nii.gz"
         who = f" for sub-{', sub-'.join(subjects)}" if subjects else ""

@@ -15,53 +15,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from ..atomic import atomic_path, remove_stale_temporaries
 from ..bids.checks import CheckedRun
 from ..bids.derivatives import (
-    atomic_path,
+    PreparedFiles,
     derivative_path,
     init_output_dir,
-    remove_stale_temporaries,
     write_json,
 )
 from ..errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class PreparedFiles:
-    """The prepare-stage derivatives of one run on the bundle's grid."""
-
-    dwi: Path
-    bval: Path
-    bvec: Path
-    mask: Path
-    b0ref: Path
-    inverse: Path
-
-    @property
-    def complete(self) -> bool:
-        return all(p.is_file() for p in dataclasses.astuple(self))
-
-
-def prepared_files(output_dir: Path, run: CheckedRun, template: str, res_label: str | None) -> PreparedFiles:
-    space = {"space": template, "res": res_label}
-    dwi = derivative_path(output_dir, run.run, "dwi", ".nii.gz", **space, desc="preproc")
-    return PreparedFiles(
-        dwi=dwi,
-        bval=dwi.with_name(dwi.name.replace(".nii.gz", ".bval")),
-        bvec=dwi.with_name(dwi.name.replace(".nii.gz", ".bvec")),
-        mask=derivative_path(output_dir, run.run, "mask", ".nii.gz", **space, desc="brain"),
-        b0ref=derivative_path(output_dir, run.run, "dwiref", ".nii.gz", **space),
-        inverse=derivative_path(output_dir, run.run, "xfm", ".h5", from_=template, to="dwi", mode="image"),
-    )
 
 
 def load_model_bundle(path: Path, device: str):
@@ -95,26 +65,20 @@ def _spatial_fields(prepared_dwi: Path) -> dict:
     """Resolution and SpatialReference as the prepared run's sidecar states them."""
     import json
 
-    sidecar = prepared_dwi.with_name(prepared_dwi.name.replace(".nii.gz", ".json"))
+    sidecar = _sibling(prepared_dwi, ".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     return {k: meta[k] for k in ("Resolution", "SpatialReference") if k in meta}
 
 
-def _save(data: np.ndarray, affine: np.ndarray, target: Path) -> Path:
-    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
-    img.header.set_xyzt_units("mm")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    with atomic_path(target) as tmp:
-        nib.save(img, str(tmp))
-    return target
+def _sibling(nifti: Path, extension: str) -> Path:
+    """The file beside a ``.nii.gz`` with another extension (``.bval``, ``.bvec``, ``.json``)."""
+    return nifti.with_name(nifti.name[: -len(".nii.gz")] + extension)
 
 
 def _write_gradients(table, nifti: Path) -> tuple[Path, Path]:
     from ..prep.gradients import write_fsl
 
-    bval = nifti.with_name(nifti.name.replace(".nii.gz", ".bval"))
-    bvec = nifti.with_name(nifti.name.replace(".nii.gz", ".bvec"))
+    bval, bvec = _sibling(nifti, ".bval"), _sibling(nifti, ".bvec")
     with atomic_path(bval) as tmp_bval, atomic_path(bvec) as tmp_bvec:
         write_fsl(table, tmp_bval, tmp_bvec)
     return bval, bvec
@@ -143,6 +107,7 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
     from ..eval.metrics import series_metrics, summarise_by_shell, write_tsv
     from ..synth.inputs import CLIP_X0, app_sampler
     from ..prep.gradients import write_reoriented_fsl
+    from ..prep.nifti import save_image
     from ..prep.resample import to_native
     from ..synth.grid import check_grid, slice_grid
     from ..synth.volume import synthesise
@@ -186,15 +151,15 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
         "SynthesisSeconds": round(seconds, 1),
     }
     affine = np.asarray(grid.affine)
-    _save(result.mean, affine, target)
+    save_image(result.mean, affine, target)
     bval, bvec = _write_gradients(scheme.table(), target)
-    write_json(target.with_name(target.name.replace(".nii.gz", ".json")), meta)
+    write_json(_sibling(target, ".json"), meta)
     outputs = {"dwi": target}
     if result.std is not None:
         std_path = derivative_path(out, run.run, "dwi", ".nii.gz", **space, desc="synthstd")
-        _save(result.std, affine, std_path)
+        save_image(result.std, affine, std_path)
         _write_gradients(scheme.table(), std_path)
-        write_json(std_path.with_name(std_path.name.replace(".nii.gz", ".json")),
+        write_json(_sibling(std_path, ".json"),
                    {**meta, "Description": f"Per-voxel standard deviation over {opts.samples} samples"})
         outputs["std"] = std_path
 
@@ -212,7 +177,6 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
             rows += method_rows
             summary += [{"method": method, **row} for row in summarise_by_shell(method_rows)]
         metrics_path = derivative_path(out, run.run, "metrics", ".tsv", **space, desc="synth")
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
         write_tsv(rows, metrics_path)
         write_tsv(summary, metrics_path.with_name(metrics_path.name.replace("_metrics", "_shellmetrics")))
         outputs["metrics"] = metrics_path
@@ -221,13 +185,10 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
         native = derivative_path(out, run.run, "dwi", ".nii.gz", desc="synth")
         work = work_dir / "native" / run.run.prefix
         work.mkdir(parents=True, exist_ok=True)
-        with atomic_path(native) as tmp:
-            to_native(target, prepared.inverse, run.run.dwi, tmp, work, config.omp_nthreads)
-        nbval = native.with_name(native.name.replace(".nii.gz", ".bval"))
-        nbvec = native.with_name(native.name.replace(".nii.gz", ".bvec"))
-        with atomic_path(nbval) as tb, atomic_path(nbvec) as tv:
-            write_reoriented_fsl(bval, bvec, target, run.run.dwi, tb, tv, [prepared.inverse])
-        write_json(native.with_name(native.name.replace(".nii.gz", ".json")),
+        to_native(target, prepared.inverse, run.run.dwi, native, work, config.omp_nthreads)  # written atomically
+        write_reoriented_fsl(bval, bvec, target, run.run.dwi, _sibling(native, ".bval"), _sibling(native, ".bvec"),
+                             [prepared.inverse])
+        write_json(_sibling(native, ".json"),
                    {**{k: v for k, v in meta.items() if k not in ("Resolution", "SpatialReference")},
                     "Sources": meta["Sources"] + [rel(prepared.inverse)],
                     "Description": meta["Description"] + " Resampled onto the run's own DWI grid; b-vectors "
@@ -235,9 +196,8 @@ def synthesise_run(run: CheckedRun, prepared: PreparedFiles, bundle, config, con
         outputs["native"] = native
 
     figure = out / f"sub-{run.run.subject}" / "figures" / f"{run.run.prefix}_desc-synth_dwi.png"
-    with atomic_path(figure) as tmp:
-        _slice_figure(run, scheme, result.mean, result.std, acquired, mask, tmp,
-                      f"{run.run.prefix}: {opts.sampler}, seed {config.seed}")
+    _slice_figure(run, scheme, result.mean, result.std, acquired, mask, figure,
+                  f"{run.run.prefix}: {opts.sampler}, seed {config.seed}")
     outputs["figure"] = figure
     return {"run": run, "outputs": outputs, "summary": summary, "seconds": seconds}
 
@@ -274,16 +234,18 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
         LOGGER.info("using the bundle's grid: %s at %g mm", grid.template, grid.resolution)
     prep_config = dataclasses.replace(config, template=grid.template, output_resolution=grid.resolution)
     init_output_dir(config.output_dir, config.bids_dir)
-    remove_stale_temporaries(config.output_dir)
+    for subject in sorted({r.run.subject for r in checked}):
+        # only this run's subjects: a job array shares output_dir, and another job's temporaries are live
+        remove_stale_temporaries(config.output_dir / f"sub-{subject}")
     res = config_res_label(bundle)
-    files = [prepared_files(config.output_dir, r, grid.template, res) for r in checked]
-    missing = [r for r, f in zip(checked, files) if not f.complete]
+    files = [PreparedFiles.of_run(config.output_dir, r.run, grid.template, res) for r in checked]
+    missing = [r for r, f in zip(checked, files) if f.missing()]
     if missing:
         LOGGER.info("preparing %d run(s) on the bundle's grid first", len(missing))
         run_participant(prep_config, missing)
     for r, f in zip(checked, files):
-        if not f.complete:
-            raise InputDataError(f"{r.run.dwi}: prepare did not produce {f.dwi}")
+        if f.missing():
+            raise InputDataError(f"{r.run.dwi}: prepare did not produce {[str(p) for p in f.missing()]}")
 
     conditions = bundle_conditions(bundle)
 
