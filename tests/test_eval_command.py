@@ -90,6 +90,7 @@ def test_tables_have_a_row_per_method_and_shell(setup):
     assert all(int(r["volumes"]) == (12 if r["shell"] == "all" else 6) for r in rows)
     dti = _rows(tables / "dti.tsv")
     assert {r["method"] for r in dti} == methods and len(dti) == 4
+    assert {r["region"] for r in dti} == {"fa>0.3"}  # without a truth: FA > 0.3 of the acquired data
     report = (tables / "evaluation.md").read_text()
     for method in methods:
         assert f"| {method} | 1000 |" in report

@@ -153,8 +153,9 @@ def test_bf16_autocast_forward_runs():
 # ----------------------------------------------------------------------------------------- training
 
 
-def test_tiny_model_overfits_one_batch():
-    model = tiny(adapter=None)
+@pytest.mark.parametrize("objective", ["eps", "v"])
+def test_tiny_model_overfits_one_batch(objective):
+    model = tiny(adapter=None, objective=objective)
     batch = phantom_batch(4, 32)
     t = torch.tensor([100, 400, 700, 950])
     noise = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -183,6 +184,35 @@ def test_loss_is_reproducible_with_a_generator_and_mse_of_the_noise():
     # a fresh model predicts zero noise (zero-initialised output), so the loss is the noise's mean square
     noise = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     assert torch.allclose(model.loss(batch, t=torch.tensor([1, 2]), noise=noise), noise.pow(2).mean())
+
+
+def test_v_objective_regresses_v_with_the_plain_schedule():
+    model = tiny(schedule=ScheduleConfig(gap=0.0), objective="v")
+    _randomise(model)
+    batch = phantom_batch(2)
+    t, noise = torch.tensor([10, 600]), torch.randn(2, 1, 32, 32)
+    abar = torch.cumprod(1.0 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].view(-1, 1, 1, 1)
+    a, s = abar.sqrt().float(), (1.0 - abar).sqrt().float()
+    x_t = a * batch.target + s * noise
+    out = model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos)
+    torch.testing.assert_close(model.loss(batch, t=t, noise=noise), F.mse_loss(out, a * noise - s * batch.target))
+
+
+def test_v_prediction_converts_to_the_noise_with_the_per_pixel_schedule():
+    model = tiny(objective="v")  # physics schedule: alpha-bar differs per pixel
+    batch = phantom_batch(3)
+    t = torch.tensor([5, 400, 990])
+    noise = torch.randn(3, 1, 32, 32, generator=torch.Generator().manual_seed(2))
+    g = model.schedule.excess_beta(batch.adc, batch.bval)
+    assert g.amax() > 0  # the test needs a per-pixel schedule
+    abar = model.schedule.alpha_bar(t, g)
+    a, s = abar.sqrt().float(), (1.0 - abar).sqrt().float()
+    x_t = model.schedule.q_sample(batch.target, t, noise, g)
+    v = a * noise - s * batch.target
+    torch.testing.assert_close(model.predict_eps(x_t, t, g, v), noise, atol=1e-5, rtol=0)
+    # the eps objective passes its output through
+    eps_model = tiny()
+    assert eps_model.predict_eps(x_t, t, g, noise) is noise
 
 
 def test_loss_accepts_a_mapping_batch():

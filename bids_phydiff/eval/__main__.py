@@ -1,7 +1,7 @@
 """Command line: evaluate model bundles and the physics baseline on prepared held-out subjects.
 
 ``python -m bids_phydiff.eval OUTPUT_DIR --model NAME=BUNDLE [NAME=BUNDLE ...] --subjects 03 --out DIR
-[--truth-dir PHANTOM/sourcedata/truth] [--sampler ddim --steps 20 --strength 0.8 --seed 0]
+[--truth-dir PHANTOM/sourcedata/truth] [--sampler ddim --steps 50 --strength 0.8 --seed 0]
 [--with-acquired] [--compare-samplers]``
 
 See :mod:`.evaluate` for what is computed and :mod:`.tables` for the files written. Exit codes
@@ -54,10 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a phantom's sourcedata/truth: also compare with the noise-free truth, and take white "
                         "matter from the template truth")
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim", help="reverse sampler (default ddim)")
-    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
-    p.add_argument("--eta", type=float, default=1.0, help="DDIM noise, 0 = deterministic (default 1, as the app)")
-    p.add_argument("--strength", type=float, default=0.8,
-                   help="SDEdit start strength in (0, 1]; 1 = from pure noise (default 0.8, as the app)")
+    from ..synth.inputs import app_sampler
+
+    app = app_sampler()
+    p.add_argument("--steps", type=int, default=app.steps, help=f"DDIM steps (default {app.steps}, as the app)")
+    p.add_argument("--eta", type=float, default=app.eta,
+                   help=f"DDIM noise, 0 = deterministic (default {app.eta:g}, as the app)")
+    p.add_argument("--strength", type=float, default=app.strength,
+                   help=f"SDEdit start strength in (0, 1]; 1 = from pure noise (default {app.strength:g}, as the app)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per model call (default 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import NoInputError, PhydiffError, UsageError
 from .baseline import physics_baseline
-from .evaluate import dti_rows, fa_white_matter, load_subject, metric_rows, summarise
+from .evaluate import FIBRE_REGION, dti_rows, fa_white_matter, load_subject, metric_rows, summarise
 from .metrics import write_tsv
 from .prepared import PreparedDwi, find_prepared
 
@@ -62,7 +62,7 @@ def loo_baseline(output_dir: str | Path, space: str, res: str | None = None) -> 
                 continue
             atlas, shells = _atlas(others)
             series = physics_baseline(subject.b0, subject.bvals, atlas, shells, mask=subject.mask)
-            labels = {"subject": run.subject, "run": run.prefix, "reference": "acquired",
+            labels = {"subject": run.subject, "run": run.prefix, "reference": "acquired", "region": FIBRE_REGION,
                       "atlas_shells": "/".join(f"{b:g}" for b in shells)}
             volumes += metric_rows({method: series}, subject.dwi, subject.bvals, subject.mask, subject.scale, labels)
             dti += dti_rows({method: series}, subject.dwi, subject.bvals, subject.bvecs, wm, labels)

@@ -7,7 +7,8 @@ Files in the output folder:
   with ``volumes`` and ``<metric>_mean`` / ``<metric>_std`` over volumes (population std) of the masked
   metrics in signal units (``psnr`` dB, ``ssim``, ``nrmse``) and of the paper protocol (``paper_psnr``,
   ``paper_ssim``);
-- ``dti.tsv``: one row per (subject, run, reference, method): FA / MD / principal-direction agreement in WM;
+- ``dti.tsv``: one row per (subject, run, reference, region, method): FA / MD / principal-direction agreement
+  in a white-matter region (``fa>0.3``; with a truth also ``wm-label``);
 - ``samplers.tsv`` (with a sampler comparison), ``timings.tsv`` (synthesis seconds per run and method);
 - ``evaluation.md``: the settings and every table (SSIM in %, i.e. points, as the paper);
 - ``evaluation.json``: the settings;
@@ -75,9 +76,9 @@ def shell_table(shells: Sequence[Mapping], reference: str) -> str:
 
 def dti_table(dti: Sequence[Mapping], reference: str) -> str:
     """Markdown: one row per subject x method against ``reference``."""
-    header = ["run", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %", "angle mean °",
-              "angle median °", "WM voxels"]
-    rows = [[r.get("run", r["subject"]), r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
+    header = ["run", "region", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %",
+              "angle mean °", "angle median °", "WM voxels"]
+    rows = [[r.get("run", r["subject"]), r.get("region", ""), r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
              _num(r["md_relative_error"] * 100, 1), _num(r["angle_mean"], 1), _num(r["angle_median"], 1), r["voxels"]]
             for r in dti if r["reference"] == reference]
     return markdown_table(header, rows)
@@ -94,6 +95,13 @@ def sampler_table(samplers: Sequence[Mapping]) -> str:
     return markdown_table(header, rows)
 
 
+def _regions(white_matter) -> str:
+    """The settings' white-matter regions, ``{name: description}`` (or an older single description)."""
+    if isinstance(white_matter, Mapping):
+        return "; ".join(f"`{name}` = {what}" for name, what in white_matter.items())
+    return str(white_matter)
+
+
 def markdown_report(result) -> str:
     """The whole evaluation as Markdown: settings, per-reference shell and DTI tables, samplers, timings."""
     s = result.settings
@@ -105,7 +113,7 @@ def markdown_report(result) -> str:
              f"- sampler: {sampler.get('method')} "
              f"{sampler.get('steps') if sampler.get('method') == 'ddim' else 'all steps'}, start {sampler.get('start')} "
              f"(strength {sampler.get('strength')}), clamp x0 {sampler.get('clip_x0')}, seed {s.get('seed')}",
-             f"- white matter for DTI: {s.get('white_matter')}", ""]
+             f"- white matter for DTI: {_regions(s.get('white_matter'))}", ""]
     references = list(dict.fromkeys(r["reference"] for r in result.shells))
     for ref in references:
         what = ("the acquired prepared DWI (noisy)" if ref == "acquired"
@@ -163,6 +171,8 @@ def plot_dti(dti: Sequence[Mapping], reference: str, out_path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = [r for r in dti if r["reference"] == reference]
+    region = rows[0].get("region") if rows else None  # the first region: the fibres
+    rows = [r for r in rows if r.get("region") == region]
     methods = list(dict.fromkeys(r["method"] for r in rows))
     panels = (("fa_mae", "FA MAE", 1.0), ("md_relative_error", "MD rel. error (%)", 100.0),
               ("angle_mean", "mean angle (deg)", 1.0))
@@ -172,7 +182,7 @@ def plot_dti(dti: Sequence[Mapping], reference: str, out_path: Path) -> Path:
         ax.bar(range(len(methods)), values, color=[f"C{i}" for i in range(len(methods))])
         ax.set_xticks(range(len(methods)), methods, rotation=45, ha="right", fontsize=7)
         ax.set_title(label, fontsize=9)
-    fig.suptitle(f"DTI in white matter vs {reference}", fontsize=10)
+    fig.suptitle(f"DTI in white matter ({region}) vs {reference}", fontsize=10)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)

@@ -201,7 +201,7 @@ class AdapterConfig:
         return cls(**_from_mapping(cls, data, "adapter"))
 
 
-OBJECTIVES = ("eps", "regression")
+OBJECTIVES = ("eps", "v", "regression")
 
 
 @dataclass(frozen=True)
@@ -209,6 +209,10 @@ class PhyDiffConfig:
     """The whole model: backbone, conditioning, schedule, optional adapter (None = w/o XTRACT).
 
     ``objective``: ``"eps"`` (default) = the diffusion model, trained to predict the noise (paper Eq. 6);
+    ``"v"`` = the same diffusion model trained to predict v = sqrt(abar) eps - sqrt(1 - abar) x0 with the
+    per-pixel alpha-bar of the physics schedule (same forward process and samplers; the network's output
+    is turned into eps for sampling). v weights the clean-image error by SNR + 1 instead of SNR, so the
+    noisiest steps, which decide the sample's content, are learnt sooner (see docs/evaluation.md);
     ``"regression"`` = the same backbone, conditions and adapter used as a deterministic regression
     baseline: input x_t = zeros at t = 0 beside the b0 channel, output read as the target slice itself,
     trained with L2 to it, synthesised in one forward pass (the schedule is then unused).
@@ -218,7 +222,7 @@ class PhyDiffConfig:
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     adapter: AdapterConfig | None = None
-    objective: Literal["eps", "regression"] = "eps"
+    objective: Literal["eps", "v", "regression"] = "eps"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

@@ -1,7 +1,8 @@
 """The Phy-Diff model: conditioning + HDiT backbone + optional XTRACT adapter + physics-guided schedule.
 
 Training target (paper Eq. 6): epsilon-MSE at a uniformly drawn step t with the per-pixel forward process
-of paper Eq. 5. Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
+of paper Eq. 5; with ``config.objective == "v"`` the network predicts v = sqrt(abar) eps - sqrt(1 - abar) x0
+instead (same forward process, converted to eps for the samplers). Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
 never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
 grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
 see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
@@ -129,7 +130,8 @@ class PhyDiff(nn.Module):
         adapter_features: list[Tensor] | None = None,
         use_adapter: bool | None = None,
     ) -> Tensor:
-        """Predicted noise (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,).
+        """The network's prediction (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,): the noise for the eps
+        objective, v for the v objective (:meth:`predict_eps` turns it into noise), the slice for regression.
 
         The adapter runs when ``use_adapter`` is True, or when it is None and the model has an adapter
         and ``tracts`` is given; precomputed ``adapter_features`` skip the adapter's forward.
@@ -149,7 +151,8 @@ class PhyDiff(nn.Module):
         generator: torch.Generator | None = None,
         use_adapter: bool | None = None,
     ) -> Tensor:
-        """Epsilon-MSE (scalar, float32) at uniform random steps (or ``t``) and Gaussian ``noise``.
+        """Epsilon-MSE (or v-MSE for the v objective; scalar, float32) at uniform random steps (or ``t``) and
+        Gaussian ``noise``.
 
         For the regression objective: the MSE of the one-pass prediction to the target (``t``, ``noise`` and
         ``generator`` are ignored: the objective is deterministic).
@@ -167,8 +170,24 @@ class PhyDiff(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
-        eps = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
-        return F.mse_loss(eps.float(), noise.float())
+        out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
+        if self.config.objective == "v":
+            a, s = self._signal_noise(t, g, x0)
+            return F.mse_loss(out.float(), a * noise.float() - s * x0)
+        return F.mse_loss(out.float(), noise.float())
+
+    def _signal_noise(self, t: Tensor, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """sqrt(abar_t(x)) and sqrt(1 - abar_t(x)), each (B, 1, H, W) (or (B, 1, 1, 1)), in ``like``'s dtype."""
+        abar = self.schedule.alpha_bar(t, g)
+        return abar.sqrt().to(like.dtype), (1.0 - abar).sqrt().to(like.dtype)
+
+    def predict_eps(self, x_t: Tensor, t: Tensor, g: Tensor | None, out: Tensor) -> Tensor:
+        """The noise implied by the network's output ``out`` for x_t (all (B, 1, H, W), float32):
+        ``out`` itself for the eps objective; eps = sqrt(1 - abar) x_t + sqrt(abar) v for the v objective."""
+        if self.config.objective != "v":
+            return out
+        a, s = self._signal_noise(t, g, x_t)
+        return s * x_t + a * out
 
     # -------------------------------------------------------------------------------------- regression
 
@@ -231,8 +250,8 @@ class PhyDiff(nn.Module):
 
             def eps_fn(x: Tensor, t: Tensor) -> Tensor:
                 with context:
-                    eps = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
-                return eps.float()
+                    out = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
+                return self.predict_eps(x, t, g, out.float())
 
             return run_sampler(eps_fn, self.schedule, g, tuple(b0.shape), sampler, b0, generator, b0.device)
         finally:
