@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo
+DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: install test demo bench clean help
@@ -32,7 +33,7 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PY) -m bids_phydiff.cli.demo $(DEMO_DIR)
+	$(PY) -m bids_phydiff.cli.demo $(DEMO_DIR) $(DEMO_ARGS)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -91,6 +91,7 @@ def test_shipped_variant_configs_load_and_switch_what_they_ablate():
     expected = {
         "phydiff": full,
         "phydiff-v": full.replace(objective="v"),
+        "phydiff-x0": full.replace(objective="x0"),
         "ddpm": full.replace(adapter=None, schedule=full.schedule.__class__(**{**full.schedule.to_dict(), "gap": 0.0})),
         "no-query": full.replace(conditioning=full.conditioning.__class__(
             **{**full.conditioning.to_dict(), "query_mapping": False})),

@@ -95,11 +95,9 @@ def sampler_table(samplers: Sequence[Mapping]) -> str:
     return markdown_table(header, rows)
 
 
-def _regions(white_matter) -> str:
-    """The settings' white-matter regions, ``{name: description}`` (or an older single description)."""
-    if isinstance(white_matter, Mapping):
-        return "; ".join(f"`{name}` = {what}" for name, what in white_matter.items())
-    return str(white_matter)
+def _regions(white_matter: Mapping[str, str] | None) -> str:
+    """The settings' white-matter regions, ``{name: description}``, as one line."""
+    return "; ".join(f"`{name}` = {what}" for name, what in (white_matter or {}).items())
 
 
 def markdown_report(result) -> str:

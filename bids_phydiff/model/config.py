@@ -201,7 +201,7 @@ class AdapterConfig:
         return cls(**_from_mapping(cls, data, "adapter"))
 
 
-OBJECTIVES = ("eps", "v", "regression")
+OBJECTIVES = ("eps", "v", "x0", "regression")
 
 
 @dataclass(frozen=True)
@@ -213,6 +213,9 @@ class PhyDiffConfig:
     per-pixel alpha-bar of the physics schedule (same forward process and samplers; the network's output
     is turned into eps for sampling). v weights the clean-image error by SNR + 1 instead of SNR, so the
     noisiest steps, which decide the sample's content, are learnt sooner (see docs/evaluation.md);
+    ``"x0"`` = the same diffusion model trained to predict the clean slice x0 with an unweighted MSE at every
+    step (the error of x0 counts as much at the noisiest steps, where only the conditions can tell the
+    gradient direction's effect, as at the cleanest);
     ``"regression"`` = the same backbone, conditions and adapter used as a deterministic regression
     baseline: input x_t = zeros at t = 0 beside the b0 channel, output read as the target slice itself,
     trained with L2 to it, synthesised in one forward pass (the schedule is then unused).
@@ -222,7 +225,7 @@ class PhyDiffConfig:
     conditioning: ConditioningConfig = field(default_factory=ConditioningConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     adapter: AdapterConfig | None = None
-    objective: Literal["eps", "v", "regression"] = "eps"
+    objective: Literal["eps", "v", "x0", "regression"] = "eps"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:

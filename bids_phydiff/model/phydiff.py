@@ -174,6 +174,8 @@ class PhyDiff(nn.Module):
         if self.config.objective == "v":
             a, s = self._signal_noise(t, g, x0)
             return F.mse_loss(out.float(), a * noise.float() - s * x0)
+        if self.config.objective == "x0":
+            return F.mse_loss(out.float(), x0)
         return F.mse_loss(out.float(), noise.float())
 
     def _signal_noise(self, t: Tensor, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -183,10 +185,13 @@ class PhyDiff(nn.Module):
 
     def predict_eps(self, x_t: Tensor, t: Tensor, g: Tensor | None, out: Tensor) -> Tensor:
         """The noise implied by the network's output ``out`` for x_t (all (B, 1, H, W), float32):
-        ``out`` itself for the eps objective; eps = sqrt(1 - abar) x_t + sqrt(abar) v for the v objective."""
-        if self.config.objective != "v":
+        ``out`` itself for the eps objective; eps = sqrt(1 - abar) x_t + sqrt(abar) v for the v objective;
+        eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar) for the x0 objective."""
+        if self.config.objective not in ("v", "x0"):
             return out
         a, s = self._signal_noise(t, g, x_t)
+        if self.config.objective == "x0":
+            return (x_t - a * out) / s
         return s * x_t + a * out
 
     # -------------------------------------------------------------------------------------- regression

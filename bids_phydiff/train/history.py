@@ -1,7 +1,8 @@
 """The training history as files: ``training.tsv`` and the loss-curve figure.
 
 Rows are the loop's history (:mod:`.loop`): ``step`` (optimiser steps done), ``stage`` (``backbone`` /
-``adapter``), ``lr``, ``train_loss`` and ``val_loss`` (epsilon-MSE, dimensionless). Missing values are
+``adapter``), ``lr``, ``train_loss`` and ``val_loss`` (the model's loss, :meth:`~bids_phydiff.model.PhyDiff.loss`:
+the MSE of the predicted noise, v or slice, dimensionless). Missing values are
 written ``n/a`` (the BIDS convention for TSV files).
 """
 
@@ -48,8 +49,14 @@ def read_history_tsv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plot_loss_curves(rows: list[dict[str, Any]], path: Path, title: str = "Phy-Diff training") -> Path:
-    """Train loss (light, with a running mean) and validation loss per stage against the step; PNG."""
+LOSS_LABELS = {"eps": "noise MSE", "v": "v MSE", "regression": "slice MSE"}
+"""The y-axis label for each model objective (``PhyDiffConfig.objective``)."""
+
+
+def plot_loss_curves(rows: list[dict[str, Any]], path: Path, title: str = "Phy-Diff training",
+                     objective: str = "eps") -> Path:
+    """Train loss (light, with a running mean) and validation loss per stage against the step; PNG.
+    ``objective`` names the loss on the y axis (:data:`LOSS_LABELS`)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -71,7 +78,7 @@ def plot_loss_curves(rows: list[dict[str, Any]], path: Path, title: str = "Phy-D
             steps, losses = zip(*val)
             ax.plot(steps, losses, "o-", color=colour, mfc="white", lw=1.2, ms=4, label=f"validation ({stage}, EMA)")
     ax.set_xlabel("step")
-    ax.set_ylabel("epsilon MSE")
+    ax.set_ylabel(LOSS_LABELS.get(objective, "loss"))
     ax.set_yscale("log")
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -1,7 +1,7 @@
 """The training loop: two stages, AdamW, warm-up + cosine learning rate, EMA, validation, checkpoints.
 
 Stage 1 (``backbone``, steps ``0 .. max_steps - 1``) trains the conditioning and the HDiT backbone with
-the physics-guided epsilon loss (:meth:`PhyDiff.loss`). Stage 2 (``adapter``, the next ``adapter_steps``
+the model's loss (:meth:`PhyDiff.loss`: the physics-guided epsilon loss, or v / regression per objective). Stage 2 (``adapter``, the next ``adapter_steps``
 steps, only when ``train_adapter``) first loads the averaged (EMA) weights into the live model, freezes
 everything but the XTRACT adapter (``requires_grad=False``; the optimiser sees only adapter parameters)
 and trains the adapter on the tract condition. Step numbers run on over both stages.
@@ -13,7 +13,7 @@ data-parallel processes (:mod:`.distributed`) compute the same update as one pro
 global batch. Validation uses the EMA weights on fixed held-out samples with fixed timesteps and noise.
 
 History: one row per step, ``{"step": steps done (1-based), "stage", "lr", "train_loss", "val_loss"}``
-(losses are the epsilon-MSE of the normalised images, dimensionless; NaN where not measured), plus a
+(losses are the model's MSE on the normalised images, dimensionless; NaN where not measured), plus a
 row ``step 0`` holding the validation loss of the initial weights.
 """
 
@@ -208,7 +208,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, stage: str) -> float:
-        """Mean epsilon-MSE of the EMA model over the fixed validation samples (NaN without any)."""
+        """Mean loss of the EMA model over the fixed validation samples (NaN without any)."""
         if self.val_set is None:
             return math.nan
         cfg = self.config

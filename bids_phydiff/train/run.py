@@ -281,7 +281,7 @@ def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: n
             json.dump(info, handle, indent=2, allow_nan=False)
             handle.write("\n")
         write_history_tsv(loop.history, folder / HISTORY_FILE)
-        plot_loss_curves(loop.history, folder / CURVE_FILE)
+        plot_loss_curves(loop.history, folder / CURVE_FILE, objective=loop.ema.config.objective)
         if out_dir.exists() and not overwrite:
             raise OutputError(f"{out_dir}: a model bundle appeared there during training; not replacing it")
         replace_dir(folder, out_dir)
