@@ -186,4 +186,4 @@ def test_the_default_objective_keeps_old_bundle_configs_loading():
     config.pop("objective")
     assert PhyDiffConfig.from_dict(config).objective == "eps"
     with pytest.raises(ValueError, match="objective"):
-        preset("tiny").replace(objective="x0")
+        preset("tiny").replace(objective="score")

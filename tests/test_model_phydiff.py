@@ -175,15 +175,19 @@ def test_tiny_model_overfits_one_batch(objective):
     assert time.perf_counter() - start < 60
 
 
-def test_loss_is_reproducible_with_a_generator_and_mse_of_the_noise():
+def test_loss_is_reproducible_with_a_generator_and_mse_of_what_is_predicted():
     model = tiny()
+    assert model.config.objective == "x0"  # the presets predict the clean slice
     batch = phantom_batch(2)
     a = model.loss(batch, generator=torch.Generator().manual_seed(5))
     b = model.loss(batch, generator=torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
-    # a fresh model predicts zero noise (zero-initialised output), so the loss is the noise's mean square
+    # a fresh model predicts zeros (zero-initialised output): the loss is the mean square of its target,
+    # the clean slice for x0 and the noise for eps
     noise = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    assert torch.allclose(model.loss(batch, t=torch.tensor([1, 2]), noise=noise), noise.pow(2).mean())
+    assert torch.allclose(model.loss(batch, t=torch.tensor([1, 2]), noise=noise), batch.target.pow(2).mean())
+    eps_model = tiny(objective="eps")
+    assert torch.allclose(eps_model.loss(batch, t=torch.tensor([1, 2]), noise=noise), noise.pow(2).mean())
 
 
 def test_v_objective_regresses_v_with_the_plain_schedule():
@@ -223,7 +227,7 @@ def test_prediction_converts_to_the_noise_with_the_per_pixel_schedule(objective)
     out = a * noise - s * batch.target if objective == "v" else batch.target
     torch.testing.assert_close(model.predict_eps(x_t, t, g, out), noise, atol=1e-4, rtol=0)
     # the eps objective passes its output through
-    eps_model = tiny()
+    eps_model = tiny(objective="eps")
     assert eps_model.predict_eps(x_t, t, g, noise) is noise
 
 
@@ -241,7 +245,7 @@ def test_loss_accepts_a_mapping_batch():
 
 
 def test_gap_zero_model_trains_on_plain_ddpm():
-    model = tiny(schedule=ScheduleConfig(gap=0.0))
+    model = tiny(schedule=ScheduleConfig(gap=0.0), objective="eps")
     _randomise(model)  # a non-zero prediction, so the comparison below is not trivially mean(noise^2)
     batch = phantom_batch(2)
     t, noise = torch.tensor([10, 600]), torch.randn(2, 1, 32, 32)
@@ -249,7 +253,7 @@ def test_gap_zero_model_trains_on_plain_ddpm():
     x_t = abar.sqrt().float() * batch.target + (1.0 - abar).sqrt().float() * noise
     eps = model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos)
     assert torch.equal(model.loss(batch, t=t, noise=noise), F.mse_loss(eps, noise))
-    physics = tiny()
+    physics = tiny(objective="eps")
     physics.load_state_dict(model.state_dict())
     assert not torch.equal(physics.loss(batch, t=t, noise=noise), F.mse_loss(eps, noise))
 

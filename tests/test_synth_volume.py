@@ -100,11 +100,11 @@ def test_output_is_in_signal_units_and_follows_the_b0_scale(model, subject, sche
 
 
 def test_an_untrained_model_with_a_tiny_sdedit_returns_the_b0(subject, scheme):
-    # a fresh model predicts zero noise; SDEdit from t=0 then returns the noised b0 with noise of std
+    # a fresh eps model predicts zero noise; SDEdit from t=0 then returns the noised b0 with noise of std
     # sqrt(1 - abar_0) / sqrt(abar_0) ~ 0.01-0.03 in [-1, 1] units: the round trip normalise -> pad ->
     # sample -> unpad -> denormalise must land on the b0, voxel for voxel, in signal units
     torch.manual_seed(0)
-    fresh = PhyDiff(preset("tiny")).eval()
+    fresh = PhyDiff(preset("tiny").replace(objective="eps")).eval()
     sampler = SamplerConfig(method="ddim", steps=1, start="sdedit", strength=1e-3)
     X, Y, Z = subject["b0"].shape  # a b0 without the phantom's left-right symmetry: flips would show
     ramp = np.linspace(0.5, 1.5, X)[:, None, None] * np.linspace(1.0, 1.3, Y)[None, :, None] * np.linspace(1, 2, Z)

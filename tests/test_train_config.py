@@ -87,11 +87,11 @@ def test_shipped_variant_configs_load_and_switch_what_they_ablate():
     configs = Path(__file__).resolve().parents[1] / "configs"
     loaded = {p.stem: load_train_config(p) for p in sorted(configs.glob("*.yml"))}
     full = loaded["phydiff"].model_config()
-    assert full.backbone == PRESETS["tiny"].backbone and full.adapter is not None and full.schedule.gap > 0
+    assert full == PRESETS["tiny"] and full.adapter is not None and full.schedule.gap > 0 and full.objective == "x0"
     expected = {
         "phydiff": full,
         "phydiff-v": full.replace(objective="v"),
-        "phydiff-x0": full.replace(objective="x0"),
+        "phydiff-eps": full.replace(objective="eps"),
         "ddpm": full.replace(adapter=None, schedule=full.schedule.__class__(**{**full.schedule.to_dict(), "gap": 0.0})),
         "no-query": full.replace(conditioning=full.conditioning.__class__(
             **{**full.conditioning.to_dict(), "query_mapping": False})),

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the synthesis")
     parser.add_argument("--train-steps", type=int, default=DEMO_TRAIN_STEPS,
                         help=f"backbone training steps (default {DEMO_TRAIN_STEPS}, about a minute on 2 CPU cores; "
-                             "8000 take about 9 minutes and beat the physics baseline, see docs/evaluation.md)")
+                             "8000 take about 9 minutes and also get the fibre directions right, see "
+                             "docs/evaluation.md)")
     args = parser.parse_args(argv)
     # one subject to train on and one held out, at least
     least = {"--subjects": (args.subjects, 2), "--train-steps": (args.train_steps, 1), "--steps": (args.steps, 1)}
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepare reports: {', '.join(str(p) for p in sorted(out_dir.glob('sub-??.html')))}")
     print(f"demo finished in {time.monotonic() - start:.1f} s; outputs in {out_dir}")
     if args.train_steps < 8000:
-        print(f"(a {args.train_steps}-step model is a smoke test of the pipeline; trained for 8000 steps the same "
-              "model beats the physics baseline on every shell: --train-steps 8000, docs/evaluation.md)")
+        print(f"(a {args.train_steps}-step model gets the signal per shell but not yet how it changes with the "
+              "gradient direction in fibres; --train-steps 8000 (about 9 minutes) does: docs/evaluation.md)")
     return 0
 
 

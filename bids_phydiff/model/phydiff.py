@@ -1,8 +1,8 @@
 """The Phy-Diff model: conditioning + HDiT backbone + optional XTRACT adapter + physics-guided schedule.
 
-Training target (paper Eq. 6): epsilon-MSE at a uniformly drawn step t with the per-pixel forward process
-of paper Eq. 5; with ``config.objective == "v"`` the network predicts v = sqrt(abar) eps - sqrt(1 - abar) x0
-instead (same forward process, converted to eps for the samplers). Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
+Training target: at a uniformly drawn step t of the per-pixel forward process of paper Eq. 5, the MSE of
+what ``config.objective`` names: the clean slice x0 (the presets), the noise (``"eps"``, paper Eq. 6) or
+v = sqrt(abar) eps - sqrt(1 - abar) x0; the samplers always receive the implied noise (:meth:`predict_eps`). Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
 never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
 grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
 see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
@@ -151,7 +151,7 @@ class PhyDiff(nn.Module):
         generator: torch.Generator | None = None,
         use_adapter: bool | None = None,
     ) -> Tensor:
-        """Epsilon-MSE (or v-MSE for the v objective; scalar, float32) at uniform random steps (or ``t``) and
+        """The objective's MSE (of x0, the noise or v; scalar, float32) at uniform random steps (or ``t``) and
         Gaussian ``noise``.
 
         For the regression objective: the MSE of the one-pass prediction to the target (``t``, ``noise`` and
