@@ -78,7 +78,8 @@ def dti_table(dti: Sequence[Mapping], reference: str) -> str:
     """Markdown: one row per subject x method against ``reference``."""
     header = ["run", "region", "method", "FA MAE", "FA bias", "MD MAE (1e-3 mm²/s)", "MD rel. error %",
               "angle mean °", "angle median °", "WM voxels"]
-    rows = [[r.get("run", r["subject"]), r.get("region", ""), r["method"], _num(r["fa_mae"], 3), _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
+    rows = [[r.get("run", r["subject"]), r.get("region", ""), r["method"], _num(r["fa_mae"], 3),
+             _num(r["fa_bias"], 3), _num(r["md_mae"] * 1e3, 3),
              _num(r["md_relative_error"] * 100, 1), _num(r["angle_mean"], 1), _num(r["angle_median"], 1), r["voxels"]]
             for r in dti if r["reference"] == reference]
     return markdown_table(header, rows)

@@ -2,7 +2,7 @@
 
 Rows are the loop's history (:mod:`.loop`): ``step`` (optimiser steps done), ``stage`` (``backbone`` /
 ``adapter``), ``lr``, ``train_loss`` and ``val_loss`` (the model's loss, :meth:`~bids_phydiff.model.PhyDiff.loss`:
-the MSE of the predicted noise, v or slice, dimensionless). Missing values are
+the MSE of the predicted clean slice, noise, v or regressed slice, dimensionless). Missing values are
 written ``n/a`` (the BIDS convention for TSV files).
 """
 
@@ -49,12 +49,12 @@ def read_history_tsv(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-LOSS_LABELS = {"eps": "noise MSE", "v": "v MSE", "regression": "slice MSE"}
+LOSS_LABELS = {"x0": "clean-slice MSE (x0)", "eps": "noise MSE", "v": "v MSE", "regression": "slice MSE"}
 """The y-axis label for each model objective (``PhyDiffConfig.objective``)."""
 
 
 def plot_loss_curves(rows: list[dict[str, Any]], path: Path, title: str = "Phy-Diff training",
-                     objective: str = "eps") -> Path:
+                     objective: str = "x0") -> Path:
     """Train loss (light, with a running mean) and validation loss per stage against the step; PNG.
     ``objective`` names the loss on the y axis (:data:`LOSS_LABELS`)."""
     import matplotlib

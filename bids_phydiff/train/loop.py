@@ -1,7 +1,8 @@
 """The training loop: two stages, AdamW, warm-up + cosine learning rate, EMA, validation, checkpoints.
 
 Stage 1 (``backbone``, steps ``0 .. max_steps - 1``) trains the conditioning and the HDiT backbone with
-the model's loss (:meth:`PhyDiff.loss`: the physics-guided epsilon loss, or v / regression per objective). Stage 2 (``adapter``, the next ``adapter_steps``
+the model's loss (:meth:`PhyDiff.loss`, per its objective: x0, noise, v or regression) under the
+physics-guided forward process. Stage 2 (``adapter``, the next ``adapter_steps``
 steps, only when ``train_adapter``) first loads the averaged (EMA) weights into the live model, freezes
 everything but the XTRACT adapter (``requires_grad=False``; the optimiser sees only adapter parameters)
 and trains the adapter on the tract condition. Step numbers run on over both stages.
