@@ -85,8 +85,8 @@ class DiffusionBatch:
 
 
 class PhyDiff(nn.Module):
-    """The whole model. ``forward`` predicts the noise; ``loss`` is the training objective;
-    ``sample`` synthesises DWI slices."""
+    """The whole model. ``forward`` is the network (its output per ``config.objective``); ``loss`` is the
+    training objective; ``sample`` synthesises DWI slices."""
 
     def __init__(self, config: PhyDiffConfig) -> None:
         super().__init__()
