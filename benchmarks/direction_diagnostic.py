@@ -32,17 +32,18 @@ def load_slice(dwi_path: Path):
     """The fibre-richest axial slice of a prepared run as a training batch, its fibre pixels and b-values."""
     import nibabel as nib
 
+    from bids_phydiff.bids.derivatives import PreparedFiles
     from bids_phydiff.eval.dti import fit_dti
     from bids_phydiff.model import DiffusionBatch
     from bids_phydiff.prep.gradients import B0_THRESHOLD, read_fsl
     from bids_phydiff.train.dataset import SliceGrid
     from bids_phydiff.train.normalise import Normaliser
 
-    stem = str(dwi_path).removesuffix(".nii.gz")
-    table = read_fsl(stem + ".bval", stem + ".bvec")
+    files = PreparedFiles.beside(dwi_path)
+    table = read_fsl(files.bval, files.bvec)
     bvals, bvecs = np.asarray(table.bvals), np.asarray(table.bvecs)
     dwi = np.asarray(nib.load(str(dwi_path)).dataobj, dtype=np.float32)
-    mask = np.asarray(nib.load(stem.replace("_desc-preproc_dwi", "_desc-brain_mask") + ".nii.gz").dataobj) > 0
+    mask = np.asarray(nib.load(str(files.mask)).dataobj) > 0
     fibres = (fit_dti(dwi, bvals, bvecs, mask).fa > 0.4) & mask
     z = int(np.argmax(fibres.sum(axis=(0, 1))))
     b0 = dwi[..., bvals <= B0_THRESHOLD].mean(-1)
@@ -89,6 +90,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from bids_phydiff.model.bundle import load_bundle
+    from bids_phydiff.model.sampling import predict_x0
     from bids_phydiff.train.dataset import SliceGrid
 
     batch, fibres, bvals, z = load_slice(args.dwi)
@@ -108,8 +110,7 @@ def main() -> None:
                 t = torch.full((len(bvals),), step)
                 x_t = model.schedule.q_sample(batch.target, t, noise, g)
                 eps = model.predict_eps(x_t, t, g, model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos))
-                abar = model.schedule.alpha_bar(t, g)
-                x0 = (x_t - (1 - abar).sqrt().float() * eps) / abar.sqrt().float()
+                x0, _ = predict_x0(x_t, eps, model.schedule.alpha_bar(t, g))
             for shell in shells:
                 pick = torch.from_numpy(np.isclose(np.round(bvals, -2), shell))
                 corr, ratio = directional_agreement(x0[pick], batch.target[pick], fibres)

@@ -22,6 +22,19 @@ def _shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch intra-op thread, then restore the count. Tiny models gain nothing from a
+    second thread, and on a shared 2-core machine a second thread that gets descheduled stalls every small
+    matmul (steps 100x slower were measured). Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def real_bids() -> Path:
     """The real in-vivo BIDS dataset (sub-xa30 with a T1w, sub-toshiba without)."""

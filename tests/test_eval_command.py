@@ -36,12 +36,7 @@ REGRESSION = TRAIN.replace(model=preset("tiny").replace(adapter=None, objective=
 SHELLS = {"1000", "2000", "all"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _as_derivatives(run, out_dir):

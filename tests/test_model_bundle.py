@@ -11,7 +11,9 @@ from safetensors.torch import load_file, save_file
 from bids_phydiff.model import BundleError, GridSpec, load_bundle, read_bundle_config, save_bundle
 from bids_phydiff.model.bundle import sha256_file
 
-from test_model_phydiff import _one_thread, _randomise, phantom_batch, tiny  # noqa: F401  (fixture reused)
+from test_model_phydiff import _randomise, phantom_batch, tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 GRID = GridSpec(
     template="MNI152NLin6Asym",

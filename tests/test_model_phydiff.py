@@ -22,14 +22,7 @@ from bids_phydiff.model import (
 from bids_phydiff.model.conditioning import ConditionEmbedding
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a shared 2-core machine a second
-    thread that gets descheduled stalls every small matmul (steps 100x slower were measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def phantom_batch(batch: int = 4, size: int = 32, seed: int = 0, tracts: bool = False) -> DiffusionBatch:

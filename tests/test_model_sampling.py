@@ -8,7 +8,9 @@ import torch
 from bids_phydiff.model import PhysicsSchedule, SamplerConfig, ScheduleConfig, make_generator, sample
 from bids_phydiff.model.sampling import timesteps
 
-from test_model_phydiff import _one_thread, _randomise, phantom_batch, tiny  # noqa: F401  (fixture reused)
+from test_model_phydiff import _randomise, phantom_batch, tiny
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class CountingEps:

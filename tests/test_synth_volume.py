@@ -20,13 +20,7 @@ SHELLS = (1000.0, 2000.0)
 FAST = SamplerConfig(method="ddim", steps=3, start="sdedit", strength=0.5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one intra-op thread on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

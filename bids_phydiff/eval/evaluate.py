@@ -72,9 +72,10 @@ BASELINE = "physics_baseline"
 ACQUIRED = "acquired"
 TRUTH = "truth"
 FA_WM_THRESHOLD = 0.3
+"""The fibres: FA of the noise-free truth's (else the acquired data's) tensor fit above this, in the brain mask."""
 FIBRE_REGION = "fa>0.3"
 TISSUE_REGION = "wm-label"
-"""White matter without a truth: FA of the acquired reference's tensor fit above this, inside the brain mask."""
+"""The DTI regions' names in the tables (module docstring)."""
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ import logging
 import sys
 from pathlib import Path
 
-
 from ..errors import NoInputError, PhydiffError, UsageError
 from .baseline import physics_baseline
 from .evaluate import FIBRE_REGION, dti_rows, fa_white_matter, load_subject, metric_rows, summarise

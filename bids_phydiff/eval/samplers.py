@@ -1,7 +1,7 @@
 """Sampler quality against sampler time: the same bundle, volumes and seed through several samplers.
 
-:data:`DEFAULT_SAMPLERS`: ancestral DDPM (every step from the start: 1000 from noise, 800 from SDEdit 0.8), DDIM 50 and DDIM 20
-(eta 0), all from the same start (``strength``: SDEdit from the noised b0, or 1.0 = pure noise) with the
+:data:`DEFAULT_SAMPLERS`: ancestral DDPM (every step from the start: 1000 from noise, 800 from SDEdit 0.8),
+DDIM 50 and DDIM 20 (the app's eta), all from the same start (``strength``: SDEdit from the noised b0, or 1.0 = pure noise) with the
 app's clamp of the predicted x0. Each runs on ``per_shell`` volumes of every shell of one prepared run,
 every brain slice; the table reports the wall time per synthesised slice and per volume, the speed-up over
 the first sampler, and the masked SSIM / PSNR (signal units) and paper SSIM against each reference, with

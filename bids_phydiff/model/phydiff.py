@@ -2,8 +2,8 @@
 
 Training target: at a uniformly drawn step t of the per-pixel forward process of paper Eq. 5, the MSE of
 what ``config.objective`` names: the clean slice x0 (the presets), the noise (``"eps"``, paper Eq. 6) or
-v = sqrt(abar) eps - sqrt(1 - abar) x0; the samplers always receive the implied noise (:meth:`predict_eps`). Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model
-never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
+v = sqrt(abar) eps - sqrt(1 - abar) x0; the samplers always receive the implied noise (:meth:`predict_eps`).
+Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
 grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
 see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
 
@@ -130,8 +130,8 @@ class PhyDiff(nn.Module):
         adapter_features: list[Tensor] | None = None,
         use_adapter: bool | None = None,
     ) -> Tensor:
-        """The network's prediction (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,): the noise for the eps
-        objective, v for the v objective (:meth:`predict_eps` turns it into noise), the slice for regression.
+        """The network's prediction (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,): the clean slice for x0
+        and regression, the noise for eps, v for v (:meth:`predict_eps` turns any diffusion output into noise).
 
         The adapter runs when ``use_adapter`` is True, or when it is None and the model has an adapter
         and ``tracts`` is given; precomputed ``adapter_features`` skip the adapter's forward.

@@ -100,8 +100,9 @@ def _clip_range(clip: float | tuple[float, float]) -> tuple[float, float]:
     return -float(clip), float(clip)
 
 
-def _predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip) -> tuple[Tensor, Tensor]:
-    """x0 and eps from the network's eps; when clipping, eps is made consistent with the clipped x0."""
+def predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip=None) -> tuple[Tensor, Tensor]:
+    """x0 and eps for x_t = ``x`` given the noise ``eps`` and alpha-bar ``abar`` (per pixel or per sample);
+    with ``clip`` (see :class:`SamplerConfig`), x0 is clamped and eps made consistent with it."""
     a = abar.sqrt().to(x.dtype)
     s = (1.0 - abar).sqrt().to(x.dtype)
     x0 = (x - s * eps) / a
@@ -150,7 +151,7 @@ def ddpm_loop(
         abar = schedule.alpha_bar(t, g)
         abar_prev = schedule.alpha_bar_prev(t, g)
         beta = schedule.beta(t, g)
-        x0, _ = _predict_x0(x, eps, abar, clip_x0)
+        x0, _ = predict_x0(x, eps, abar, clip_x0)
         # posterior q(x_{t-1} | x_t, x0) with per-pixel beta_t(x)
         c0 = (abar_prev.sqrt() * beta / (1.0 - abar)).to(x.dtype)
         ct = ((1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar)).to(x.dtype)
@@ -178,7 +179,7 @@ def ddim_loop(
         t = torch.full((batch,), step, device=x.device, dtype=torch.long)
         eps = eps_fn(x, t).to(x.dtype)
         abar = schedule.alpha_bar(t, g)
-        x0, eps = _predict_x0(x, eps, abar, clip_x0)
+        x0, eps = predict_x0(x, eps, abar, clip_x0)
         if i + 1 == len(steps):
             return x0
         t_next = torch.full_like(t, steps[i + 1])

@@ -42,8 +42,9 @@ def collect_prepared(output_dir: Path, database_dir: Path, template: str, res_la
     runs = []
     for f in layout.get(**query):
         files = PreparedFiles.beside(f.path)
-        if files.missing():
-            raise NoInputError(f"{files.dwi}: prepared run is incomplete, missing {[str(p) for p in files.missing()]}; "
+        missing = files.missing()
+        if missing:
+            raise NoInputError(f"{files.dwi}: prepared run is incomplete, missing {[str(p) for p in missing]}; "
                                "rerun the participant level")
         runs.append(PreparedRun(f.entities["subject"], files.dwi, files.bval, files.bvec, files.mask, files.b0ref))
     if not runs:
