@@ -30,7 +30,7 @@ def _child_throughput(preset: str, batch: int, steps: int, threads: int) -> dict
     from bids_phydiff.train.config import TrainConfig
     from bids_phydiff.train.dataset import SliceDataset, SliceGrid
     from bids_phydiff.train.loop import Trainer
-    from bids_phydiff.train.phantom_runs import phantom_training_data
+    from bids_phydiff.phantom.prepared_runs import phantom_training_data
 
     torch.set_num_threads(threads)
     size = {"tiny": 32, "small": 64}[preset]
@@ -61,7 +61,7 @@ def _child_memory(subjects: int, steps: int) -> dict:
     from bids_phydiff.train.config import TrainConfig
     from bids_phydiff.train.dataset import SliceDataset, SliceGrid
     from bids_phydiff.train.loop import Trainer
-    from bids_phydiff.train.phantom_runs import phantom_training_data
+    from bids_phydiff.phantom.prepared_runs import phantom_training_data
 
     with tempfile.TemporaryDirectory() as tmp:
         # data are written first (by this process: its peak includes generation, as a group run's would not)

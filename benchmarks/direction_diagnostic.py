@@ -32,14 +32,14 @@ def load_slice(dwi_path: Path):
     """The fibre-richest axial slice of a prepared run as a training batch, its fibre pixels and b-values."""
     import nibabel as nib
 
-    from bids_phydiff.bids.derivatives import PreparedFiles
+    from bids_phydiff.bids.prepared import PreparedRun
     from bids_phydiff.eval.dti import fit_dti
     from bids_phydiff.model import DiffusionBatch
     from bids_phydiff.prep.gradients import B0_THRESHOLD, read_fsl
     from bids_phydiff.train.dataset import SliceGrid
     from bids_phydiff.train.normalise import Normaliser
 
-    files = PreparedFiles.beside(dwi_path)
+    files = PreparedRun.beside(dwi_path)
     table = read_fsl(files.bval, files.bvec)
     bvals, bvecs = np.asarray(table.bvals), np.asarray(table.bvecs)
     dwi = np.asarray(nib.load(str(dwi_path)).dataobj, dtype=np.float32)
@@ -89,8 +89,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from bids_phydiff.model.bundle import load_bundle
-    from bids_phydiff.model.sampling import predict_x0
+    from bids_phydiff.model.bundle import ADC_ATLAS_FILE, load_bundle
     from bids_phydiff.train.dataset import SliceGrid
 
     batch, fibres, bvals, z = load_slice(args.dwi)
@@ -100,7 +99,7 @@ def main() -> None:
         bundle = load_bundle(path)
         model = bundle.model.eval()
         grid = SliceGrid.for_multiple(tuple(bundle.grid.shape), 8)
-        adc = adc_slices(bundle, path / "adc_atlas.nii.gz", z, bvals, grid)
+        adc = adc_slices(bundle, path / ADC_ATLAS_FILE, z, bvals, grid)
         g = model.schedule.excess_beta(adc, batch.bval) if model.schedule.gap > 0 else None
         noise = torch.randn(batch.target.shape, generator=torch.Generator().manual_seed(0))
         for step in [None] if model.is_regression else args.steps:
@@ -110,7 +109,7 @@ def main() -> None:
                 t = torch.full((len(bvals),), step)
                 x_t = model.schedule.q_sample(batch.target, t, noise, g)
                 eps = model.predict_eps(x_t, t, g, model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos))
-                x0, _ = predict_x0(x_t, eps, model.schedule.alpha_bar(t, g))
+                x0, _ = model.schedule.predict_x0(x_t, t, g, eps)
             for shell in shells:
                 pick = torch.from_numpy(np.isclose(np.round(bvals, -2), shell))
                 corr, ratio = directional_agreement(x0[pick], batch.target[pick], fibres)

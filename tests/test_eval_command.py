@@ -1,7 +1,7 @@
 """The evaluation command on a tiny prepared phantom with briefly trained bundles, and the regression variant.
 
 Prepared-like derivatives are written directly (the phantom subjects are aligned with the template, as in
-:mod:`bids_phydiff.train.phantom_runs`), so no registration runs here.
+:mod:`bids_phydiff.phantom.prepared_runs`), so no registration runs here.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import torch
 
 from bids_phydiff.eval import physics_baseline, series_metrics
 from bids_phydiff.eval.__main__ import main
-from bids_phydiff.eval.prepared import find_prepared
+from bids_phydiff.bids.prepared import find_prepared
 from bids_phydiff.model.bundle import load_bundle
 from bids_phydiff.model.config import PhyDiffConfig, preset
 from bids_phydiff.synth import slice_grid, synthesise
 from bids_phydiff.synth.inputs import bundle_conditions
 from bids_phydiff.train.config import TrainConfig
 from bids_phydiff.train.normalise import Normaliser
-from bids_phydiff.train.phantom_runs import phantom_training_data
+from bids_phydiff.phantom.prepared_runs import phantom_training_data
 from bids_phydiff.train.run import train_bundle
 
 ALIGNED = dict(rotation_deg=0.0, translation_mm=0.0, deformation_mm=0.0, orientations=("RAS",))

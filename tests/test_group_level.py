@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from bids_phydiff.errors import EXIT_EMPTY_SELECTION, EXIT_NO_INPUT, EXIT_USAGE, PhydiffError
-from bids_phydiff.workflows.group import collect_prepared, find_tract_atlas, split_subjects
+from bids_phydiff.bids.prepared import find_prepared
+from bids_phydiff.workflows.group import find_tract_atlas, split_subjects
 
 
 def test_default_validation_split_holds_out_a_fifth_chosen_by_the_seed():
@@ -33,7 +34,7 @@ def test_no_prepared_runs_names_what_was_looked_for(tmp_path):
     out.mkdir()
     (out / "dataset_description.json").write_text('{"Name": "x", "BIDSVersion": "1.10.0", "DatasetType": "derivative"}')
     with pytest.raises(PhydiffError, match="space-Phantom_res-04_desc-preproc_dwi") as info:
-        collect_prepared(out, tmp_path / "db", "Phantom", "04")
+        find_prepared(out, (), "Phantom", "04")
     assert info.value.exit_code == EXIT_NO_INPUT and "participant level first" in str(info.value)
 
 

@@ -21,6 +21,7 @@ import pytest
 
 from bids_phydiff.errors import NoInputError
 from bids_phydiff.prep.b0 import write_b0_reference
+from bids_phydiff.prep.grid import resample_to_grid
 from bids_phydiff.prep.mask import write_brain_mask
 from bids_phydiff.prep.registration import (
     register,
@@ -29,7 +30,8 @@ from bids_phydiff.prep.registration import (
     t1w_brain,
 )
 from bids_phydiff.prep.resample import resample_dwi, resample_mask, resample_series, to_native, write_transforms
-from bids_phydiff.prep.templates import TemplateError, load_template, resample_to_grid, template_image
+from bids_phydiff.prep.template_files import TemplateError
+from bids_phydiff.prep.templates import load_template, template_image
 
 THREADS = 2
 RESOLUTION = 4.0

@@ -12,18 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from bids_phydiff.prep.templates import (
-    TEMPLATEFLOW_HOST,
-    TemplateError,
-    TemplateGrid,
-    _unreachable,
-    load_template,
-    pad_to_multiple,
-    place_on_grid,
-    resample_to_grid,
-    template_image,
-    write_template_image,
-)
+from bids_phydiff.prep.grid import pad_to_multiple, place_on_grid, resample_to_grid
+from bids_phydiff.prep.template_files import TEMPLATEFLOW_HOST, TemplateError, _unreachable
+from bids_phydiff.prep.templates import TemplateGrid, load_template, template_image, write_template_image
 
 
 def _ml(mask: np.ndarray, grid: TemplateGrid) -> float:
@@ -137,7 +128,8 @@ def test_phantom_generator_template(tmp_path):
 
 _SCRIPT = """
 import sys
-from bids_phydiff.prep.templates import TemplateError, load_template
+from bids_phydiff.prep.template_files import TemplateError
+from bids_phydiff.prep.templates import load_template
 try:
     load_template(sys.argv[1], float(sys.argv[2]), allow_download=sys.argv[3] == "1")
 except TemplateError as exc:

@@ -23,7 +23,7 @@ import pytest
 
 from bids_phydiff.phantom import read_truth, truth_folder
 from bids_phydiff.prep.adc import adc_atlas_from_files
-from bids_phydiff.train.phantom_runs import phantom_training_data
+from bids_phydiff.phantom.prepared_runs import phantom_training_data
 
 ALIGNED = dict(rotation_deg=0.0, translation_mm=0.0, deformation_mm=0.0, orientations=("RAS",))
 

@@ -17,8 +17,9 @@ from bids_phydiff.model.bundle import load_bundle
 from bids_phydiff.prep.adc import adc_atlas_from_files
 from bids_phydiff.train.config import TrainConfig
 from bids_phydiff.train.history import read_history_tsv
-from bids_phydiff.train.phantom_runs import phantom_training_data
-from bids_phydiff.train.run import CURVE_FILE, data_sha256, train_bundle
+from bids_phydiff.phantom.prepared_runs import phantom_training_data
+from bids_phydiff.model.bundle import CURVE_FILE
+from bids_phydiff.train.run import data_sha256, train_bundle
 
 CONFIG = TrainConfig(model="tiny", max_steps=40, adapter_steps=4, batch_size=8, warmup_steps=5, val_every=20,
                      val_samples=24, checkpoint_every=20, ema_decay=0.95, seed=5)

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from bids_phydiff.train.config import TrainConfig
-from bids_phydiff.train.phantom_runs import phantom_training_data
+from bids_phydiff.phantom.prepared_runs import phantom_training_data
 from bids_phydiff.train.run import train_bundle
 
 CONFIG = TrainConfig(model="tiny", max_steps=3, adapter_steps=2, batch_size=5, warmup_steps=1, val_every=0,

@@ -14,7 +14,7 @@ from bids_phydiff.train.checkpoint import STATE_FILE, TENSORS_FILE, list_checkpo
 from bids_phydiff.train.config import TrainConfig
 from bids_phydiff.train.dataset import SliceDataset, SliceGrid
 from bids_phydiff.train.loop import Trainer
-from bids_phydiff.train.phantom_runs import phantom_training_data
+from bids_phydiff.phantom.prepared_runs import phantom_training_data
 from bids_phydiff.train.run import model_config_for
 
 CONFIG = TrainConfig(model="tiny", max_steps=4, adapter_steps=4, batch_size=4, warmup_steps=2, val_every=2,

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Mapping
 
 from .. import __version__
 from ..atomic import atomic_path
@@ -38,13 +38,23 @@ BIDSIGNORE = [
 _ORDER = ["sub", "ses", "acq", "ce", "rec", "dir", "run", "part", "chunk", "from", "to", "mode", "space", "res", "desc"]
 
 
-def derivative_name(source: str | Path | DwiRun, suffix: str, extension: str, **entities: str | None) -> str:
-    """The BIDS file name of a derivative of ``source`` (a DWI run or the path of an input file).
+def _entities(source: str | Path | DwiRun | Mapping[str, str]) -> dict[str, str]:
+    if isinstance(source, DwiRun):
+        return dict(source.entities)
+    if isinstance(source, Mapping):
+        return dict(source)
+    return dict(filename_entities(source))
+
+
+def derivative_name(source: str | Path | DwiRun | Mapping[str, str], suffix: str, extension: str,
+                    **entities: str | None) -> str:
+    """The BIDS file name of a derivative of ``source`` (a DWI run, the path of an input file, or its
+    entities already parsed, ``{"sub": "01", ...}``).
 
     ``entities`` add or override entities (``space``, ``res``, ``desc``, and ``from_``/``to``/``mode``
     for transforms); ``None`` removes one. ``desc`` always comes last.
     """
-    merged = dict(source.entities if isinstance(source, DwiRun) else filename_entities(source))
+    merged = _entities(source)
     for key, value in entities.items():
         key = key.rstrip("_")
         if value is None:
@@ -55,53 +65,12 @@ def derivative_name(source: str | Path | DwiRun, suffix: str, extension: str, **
     return "_".join(f"{k}-{v}" for k, v in ordered) + f"_{suffix}{extension}"
 
 
-def derivative_path(output_dir: Path, source: str | Path | DwiRun, suffix: str, extension: str,
+def derivative_path(output_dir: Path, source: str | Path | DwiRun | Mapping[str, str], suffix: str, extension: str,
                     datatype: str = "dwi", **entities) -> Path:
     """``output_dir/sub-X[/ses-Y]/<datatype>/<derivative_name>``."""
-    ents = dict(source.entities if isinstance(source, DwiRun) else filename_entities(source))
+    ents = _entities(source)
     folder = Path(f"sub-{ents['sub']}", *([f"ses-{ents['ses']}"] if "ses" in ents else []), datatype)
     return Path(output_dir) / folder / derivative_name(source, suffix, extension, **entities)
-
-
-@dataclass(frozen=True)
-class PreparedFiles:
-    """The prepare-stage derivatives of one DWI run, all named after its ``desc-preproc`` DWI."""
-
-    dwi: Path
-    bval: Path
-    bvec: Path
-    mask: Path
-    b0ref: Path
-    forward: Path
-    """DWI -> template composite transform (.h5)"""
-    inverse: Path
-
-    @classmethod
-    def beside(cls, dwi: str | Path) -> "PreparedFiles":
-        """The files that belong with ``..._space-<tpl>[_res-<r>]_desc-preproc_dwi.nii.gz``."""
-        dwi = Path(dwi)
-        entities = dict(filename_entities(dwi))
-        space, res = entities["space"], entities.get("res")
-        stem = dwi.name[: -len(".nii.gz")]
-        xfm = {"space": None, "res": None, "desc": None, "mode": "image"}
-        return cls(
-            dwi=dwi,
-            bval=dwi.with_name(f"{stem}.bval"),
-            bvec=dwi.with_name(f"{stem}.bvec"),
-            mask=dwi.with_name(derivative_name(dwi, "mask", ".nii.gz", space=space, res=res, desc="brain")),
-            b0ref=dwi.with_name(derivative_name(dwi, "dwiref", ".nii.gz", space=space, res=res, desc=None)),
-            forward=dwi.with_name(derivative_name(dwi, "xfm", ".h5", **xfm, from_="dwi", to=space)),
-            inverse=dwi.with_name(derivative_name(dwi, "xfm", ".h5", **xfm, from_=space, to="dwi")),
-        )
-
-    @classmethod
-    def of_run(cls, output_dir: Path, run: DwiRun, template: str, res_label: str | None) -> "PreparedFiles":
-        """Where the prepare stage writes ``run`` on ``template`` at ``res_label``."""
-        return cls.beside(derivative_path(output_dir, run, "dwi", ".nii.gz", space=template, res=res_label,
-                                          desc="preproc"))
-
-    def missing(self) -> list[Path]:
-        return [p for p in astuple(self) if not p.is_file()]
 
 
 def resolution_label(resolution_mm: float) -> str:

@@ -1,6 +1,6 @@
 """Evaluate model bundles and baselines on prepared held-out subjects: image metrics per b-shell and DTI.
 
-For every prepared run of the chosen subjects (:mod:`.prepared`) and every *method*:
+For every prepared run of the chosen subjects (:func:`bids_phydiff.bids.prepared.find_prepared`) and every *method*:
 
 - each bundle ``NAME=FOLDER`` synthesises the run's acquired scheme from its b0 reference with
   :func:`bids_phydiff.synth.volume.synthesise`, the bundle's ADC and tract atlases
@@ -30,22 +30,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 
+from ..bids.prepared import find_prepared
 from ..errors import InputDataError, NoInputError
+from ..model.bundle import ADC_ATLAS_FILE, TRAIN_JSON
 from ..model.sampling import SamplerConfig
-from ..prep.gradients import B0_THRESHOLD, read_fsl
-from ..train.normalise import Normaliser
+from ..synth.run import LoadedBundle, load_bundle, load_subject, synthesise_acquired
 from .baseline import physics_baseline
-from .dti import dti_agreement, fit_dti
-from .metrics import series_metrics, summarise_by_shell
-from .prepared import PreparedDwi, find_prepared
+from .compare import dti_rows, metric_rows, summarise
+from .dti import fit_dti
 
 log = logging.getLogger(__name__)
 
@@ -56,16 +54,9 @@ __all__ = [
     "FIBRE_REGION",
     "TISSUE_REGION",
     "EvaluationResult",
-    "LoadedBundle",
-    "SubjectData",
-    "dti_rows",
     "evaluate",
     "fa_white_matter",
     "load_bundles",
-    "load_subject",
-    "metric_rows",
-    "summarise",
-    "synthesise_run",
 ]
 
 BASELINE = "physics_baseline"
@@ -76,32 +67,6 @@ FA_WM_THRESHOLD = 0.3
 FIBRE_REGION = "fa>0.3"
 TISSUE_REGION = "wm-label"
 """The DTI regions' names in the tables (module docstring)."""
-
-
-@dataclass(frozen=True)
-class LoadedBundle:
-    """A bundle (:class:`bids_phydiff.model.bundle.Bundle`) with its conditions
-    (:class:`bids_phydiff.synth.inputs.BundleConditions`) under the method ``name``."""
-
-    name: str
-    bundle: object
-    conditions: object
-
-
-@dataclass(frozen=True)
-class SubjectData:
-    """One prepared run in memory: ``dwi`` (X, Y, Z, N) signal units, ``bvals`` (N,) s/mm^2, ``bvecs`` (N, 3),
-    ``mask`` (X, Y, Z) bool, ``b0`` (X, Y, Z) the b0 reference, ``affine`` (4, 4), ``scale`` the b0 scale
-    (99.5th percentile in the mask: the data range of the masked PSNR and SSIM)."""
-
-    run: PreparedDwi
-    dwi: np.ndarray
-    bvals: np.ndarray
-    bvecs: np.ndarray
-    mask: np.ndarray
-    b0: np.ndarray
-    affine: np.ndarray
-    scale: float
 
 
 @dataclass
@@ -124,42 +89,10 @@ class EvaluationResult:
 
 
 def load_bundles(bundles: Mapping[str, str | Path], device: str = "cpu") -> list[LoadedBundle]:
-    """Load every ``name -> folder``; a missing folder is :class:`NoInputError` (66), a corrupt one
-    :class:`InputDataError` (65), each naming the method and the folder."""
-    from ..model.bundle import BundleError, load_bundle
-    from ..model.device import resolve_device
-    from ..synth.inputs import bundle_conditions
-
-    loaded = []
-    for name, path in bundles.items():
-        path = Path(path)
-        if not path.is_dir():
-            raise NoInputError(f"--model {name}={path}: model bundle folder not found")
-        try:
-            bundle = load_bundle(path, device=resolve_device(device))
-        except BundleError as exc:
-            raise InputDataError(f"--model {name}={path}: {exc}") from None
-        loaded.append(LoadedBundle(name, bundle, bundle_conditions(bundle)))
-    return loaded
-
-
-def load_subject(run: PreparedDwi) -> SubjectData:
-    """Read a prepared run (:class:`.prepared.PreparedDwi`); inconsistent files are :class:`InputDataError`."""
-    img = nib.load(str(run.dwi))
-    dwi = np.asarray(img.dataobj, dtype=np.float32)
-    if dwi.ndim != 4:
-        raise InputDataError(f"{run.dwi}: expected a 4-D series, got shape {dwi.shape}")
-    table = read_fsl(run.bval, run.bvec)
-    if table.bvals.size != dwi.shape[3]:
-        raise InputDataError(f"{run.bval}: {table.bvals.size} b-values for {dwi.shape[3]} volumes")
-    mask = np.asarray(nib.load(str(run.mask)).dataobj) > 0
-    b0 = np.asarray(nib.load(str(run.b0ref)).dataobj, dtype=np.float32)
-    if mask.shape != dwi.shape[:3] or b0.shape != dwi.shape[:3]:
-        raise InputDataError(f"{run.dwi}: mask {mask.shape} or b0 reference {b0.shape} not on the DWI grid")
-    if not mask.any():
-        raise InputDataError(f"{run.mask}: the brain mask is empty")
-    scale = Normaliser.from_b0(b0, mask).scale
-    return SubjectData(run, dwi, table.bvals, table.bvecs, mask, b0, img.affine, float(scale))
+    """Load every ``name -> folder`` (:func:`bids_phydiff.synth.run.load_bundle`); a missing folder is
+    :class:`NoInputError` (66), a corrupt one :class:`InputDataError` (65), each naming the method and the
+    folder."""
+    return [load_bundle(path, device, name, what=f"--model {name}={path}") for name, path in bundles.items()]
 
 
 def fa_white_matter(reference: np.ndarray, bvals, bvecs, mask, threshold: float = FA_WM_THRESHOLD) -> np.ndarray:
@@ -169,62 +102,6 @@ def fa_white_matter(reference: np.ndarray, bvals, bvecs, mask, threshold: float 
 
 
 # -------------------------------------------------------------------------------------- computation
-
-
-def synthesise_run(loaded: LoadedBundle, subject: SubjectData, sampler: SamplerConfig, seed: int,
-                   batch_size: int = 64, volumes: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
-    """Synthesise the run's acquired scheme (or the ``volumes`` of it) with one bundle.
-
-    Returns ``(series (X, Y, Z, N'), seconds)``. The run must be on the bundle's grid (else
-    :class:`~bids_phydiff.synth.grid.GridMismatchError`, exit 65).
-    """
-    from ..synth.grid import check_grid, slice_grid
-    from ..synth.scheme import TargetScheme
-    from ..synth.volume import synthesise
-
-    bundle, conditions = loaded.bundle, loaded.conditions
-    check_grid(bundle.grid, subject.b0.shape, subject.affine, str(subject.run.b0ref))
-    index = np.arange(subject.bvals.size) if volumes is None else np.asarray(volumes, dtype=int)
-    scheme = TargetScheme(subject.bvals[index], subject.bvecs[index], "acquired", B0_THRESHOLD)
-    start = time.perf_counter()
-    result = synthesise(bundle.model, subject.b0, subject.mask, scheme, conditions.adc_atlas, conditions.shells,
-                        slice_grid(bundle.grid, bundle.model), sampler, samples=1, batch_size=batch_size,
-                        seed=seed, tracts=conditions.tracts, progress=False)
-    return result.mean, time.perf_counter() - start
-
-
-def metric_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, mask, scale: float,
-                labels: Mapping | None = None) -> list[dict]:
-    """Per-volume rows (diffusion-weighted volumes) of every method against ``reference``, each starting
-    with ``labels`` (e.g. subject, reference) and ``method``; metrics as :func:`.metrics.series_metrics`."""
-    rows = []
-    for name, series in methods.items():
-        for row in series_metrics(series, reference, bvals, mask, scale=scale):
-            rows.append({**(labels or {}), "method": name, **row})
-    return rows
-
-
-def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, wm,
-             labels: Mapping | None = None) -> list[dict]:
-    """One row per method: ``labels``, ``method`` and :func:`.dti.dti_agreement` of its full series with
-    ``reference`` in ``wm``."""
-    return [{**(labels or {}), "method": name, **dti_agreement(series, reference, bvals, bvecs, wm)}
-            for name, series in methods.items()]
-
-
-def summarise(volume_rows: Sequence[Mapping], keys: Sequence[str] = ("reference", "method")) -> list[dict]:
-    """Per (``keys``..., shell) the mean and std over volumes (:func:`.metrics.summarise_by_shell`), in the
-    order the (reference, method) pairs first appear."""
-    groups: dict[tuple, list] = {}
-    for row in volume_rows:
-        groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-    out = []
-    for key, rows in groups.items():
-        with np.errstate(invalid="ignore"):  # a perfect method has PSNR inf: its std is NaN ("n/a")
-            summaries = summarise_by_shell(rows)
-        for summary in summaries:
-            out.append({**dict(zip(keys, key)), **summary})
-    return out
 
 
 def evaluate(
@@ -279,7 +156,7 @@ def evaluate(
             **({TISSUE_REGION: "the template truth's white-matter label (tissue 3) inside the brain mask, "
                                "anisotropic or not"} if truth_dir is not None else {}),
         },
-        "baseline_atlas": str(first.bundle.path / "adc_atlas.nii.gz"),
+        "baseline_atlas": str(first.bundle.path / ADC_ATLAS_FILE),
     })
     for run in runs:
         if run.subject in trained_on:
@@ -289,7 +166,7 @@ def evaluate(
         methods: dict[str, np.ndarray] = {}
         for b in loaded:
             log.info("%s: synthesising %d volumes with %s", run.prefix, subject.bvals.size, b.name)
-            series, seconds = synthesise_run(b, subject, sampler, seed, batch_size)
+            series, seconds = synthesise_acquired(b, subject, sampler, seed, batch_size)
             methods[b.name] = series
             result.timings.append({"subject": run.subject, "run": run.prefix, "method": b.name,
                                    "seconds": seconds, "volumes": int(subject.bvals.size)})
@@ -326,7 +203,7 @@ def evaluate(
 def _training_subjects(bundle_path: Path) -> set[str]:
     import json
 
-    info = Path(bundle_path) / "train.json"
+    info = Path(bundle_path) / TRAIN_JSON
     try:
         return set(json.loads(info.read_text())["subjects"]["train"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -23,18 +23,20 @@ import logging
 import sys
 from pathlib import Path
 
+from ..bids.prepared import PreparedRun, find_prepared
 from ..errors import NoInputError, PhydiffError, UsageError
+from ..synth.run import load_subject
 from .baseline import physics_baseline
-from .evaluate import FIBRE_REGION, dti_rows, fa_white_matter, load_subject, metric_rows, summarise
+from .compare import dti_rows, metric_rows, summarise
+from .evaluate import FIBRE_REGION, fa_white_matter
 from .metrics import write_tsv
-from .prepared import PreparedDwi, find_prepared
 
 log = logging.getLogger(__name__)
 
 __all__ = ["loo_baseline", "main"]
 
 
-def _atlas(runs: list[PreparedDwi]):
+def _atlas(runs: list[PreparedRun]):
     from ..prep.adc import adc_atlas_from_files
 
     atlas, shells, _ = adc_atlas_from_files([(r.dwi, r.bval, r.mask) for r in runs])

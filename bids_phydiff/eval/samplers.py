@@ -48,18 +48,16 @@ def pick_volumes(bvals, per_shell: int = 1, b0_threshold: float = B0_THRESHOLD) 
 
 def compare_samplers(loaded, subject, references: Mapping[str, np.ndarray], samplers: Mapping[str, SamplerConfig],
                      seed: int = 0, batch_size: int = 64, per_shell: int = 1) -> list[dict]:
-    """One row per (reference, sampler) for the bundle ``loaded`` (:class:`.evaluate.LoadedBundle`) on
-    ``subject`` (:class:`.evaluate.SubjectData`); ``references`` ``{name: (X, Y, Z, N)}``."""
-    from .evaluate import synthesise_run
+    """One row per (reference, sampler) for the bundle ``loaded`` (:class:`~bids_phydiff.synth.run.LoadedBundle`)
+    on ``subject`` (:class:`~bids_phydiff.synth.run.SubjectData`); ``references`` ``{name: (X, Y, Z, N)}``."""
+    from ..synth.run import model_evaluations, synthesise_acquired
 
     volumes = pick_volumes(subject.bvals, per_shell)
     slices = int(np.count_nonzero(subject.mask.any(axis=(0, 1))))
-    regression = loaded.bundle.model.config.objective == "regression"
-    num_steps = loaded.bundle.model.schedule.num_steps
     runs = {}
     for name, sampler in samplers.items():
-        series, seconds = synthesise_run(loaded, subject, sampler, seed, batch_size, volumes)
-        runs[name] = (series, seconds, 1 if regression else len(timesteps(sampler, num_steps)))
+        series, seconds = synthesise_acquired(loaded, subject, sampler, seed, batch_size, volumes)
+        runs[name] = (series, seconds, model_evaluations(loaded.bundle, sampler))
     rows = []
     for ref_name, reference in references.items():
         first_ssim = first_seconds = None

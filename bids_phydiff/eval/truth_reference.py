@@ -25,9 +25,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..bids.prepared import PreparedRun
 from ..errors import InputDataError, NoInputError
 from ..phantom.truth import read_truth
-from .prepared import PreparedDwi
 
 __all__ = ["noise_free_prepared", "template_white_matter", "truth_root"]
 
@@ -45,7 +45,7 @@ def truth_root(truth_dir: str | Path) -> Path:
     return truth_dir
 
 
-def _raw_source(run: PreparedDwi, truth_dir: Path, suffix: str) -> Path:
+def _raw_source(run: PreparedRun, truth_dir: Path, suffix: str) -> Path:
     bids_root = truth_dir.parent.parent
     sources = []
     if run.sidecar.is_file():
@@ -59,7 +59,7 @@ def _raw_source(run: PreparedDwi, truth_dir: Path, suffix: str) -> Path:
                        f"--truth-dir); the noise-free reference needs the raw gradients")
 
 
-def _truth_folder(truth_dir: Path, run: PreparedDwi) -> Path:
+def _truth_folder(truth_dir: Path, run: PreparedRun) -> Path:
     folder = truth_dir / f"sub-{run.subject}"
     session = next((part.removeprefix("ses-") for part in run.prefix.split("_") if part.startswith("ses-")), None)
     if session is not None and (folder / f"ses-{session}").is_dir():
@@ -69,15 +69,15 @@ def _truth_folder(truth_dir: Path, run: PreparedDwi) -> Path:
     return folder
 
 
-def noise_free_prepared(run: PreparedDwi, truth_dir: str | Path, work_dir: str | Path | None = None,
+def noise_free_prepared(run: PreparedRun, truth_dir: str | Path, work_dir: str | Path | None = None,
                         threads: int = 1) -> np.ndarray:
     """``(X, Y, Z, N)`` float32: the noise-free prepared series of ``run`` (see the module docstring)."""
     from ..prep.gradients import read_fsl
     from ..prep.resample import resample_series
 
     truth_dir = truth_root(truth_dir)
-    if not run.forward_xfm.is_file():
-        raise NoInputError(f"{run.forward_xfm}: the DWI -> template transform of {run.prefix} is missing")
+    if not run.forward.is_file():
+        raise NoInputError(f"{run.forward}: the DWI -> template transform of {run.prefix} is missing")
     bvec = _raw_source(run, truth_dir, "_dwi.bvec")
     bval = bvec.with_name(bvec.name.replace(".bvec", ".bval"))
     table = read_fsl(bval, bvec)
@@ -89,7 +89,7 @@ def noise_free_prepared(run: PreparedDwi, truth_dir: str | Path, work_dir: str |
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         native = Path(tmp) / "noise_free_native.nii.gz"
         nib.Nifti1Image(signal, truth.affine).to_filename(str(native))
-        out = resample_series(native, run.forward_xfm, run.b0ref, Path(tmp) / "noise_free_template.nii.gz",
+        out = resample_series(native, run.forward, run.b0ref, Path(tmp) / "noise_free_template.nii.gz",
                               Path(tmp) / "work", threads=threads, interpolation="linear")
         data = np.asarray(nib.load(str(out)).dataobj, dtype=np.float32)
     if data.ndim == 3:
@@ -97,7 +97,7 @@ def noise_free_prepared(run: PreparedDwi, truth_dir: str | Path, work_dir: str |
     return data
 
 
-def template_white_matter(run: PreparedDwi, truth_dir: str | Path) -> np.ndarray:
+def template_white_matter(run: PreparedRun, truth_dir: str | Path) -> np.ndarray:
     """``(X, Y, Z)`` bool: the template truth's white matter at the run's resolution, on the run's grid."""
     truth_dir = truth_root(truth_dir)
     folder = truth_dir / "template" / f"res-{run.res}"

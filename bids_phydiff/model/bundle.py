@@ -42,6 +42,16 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+# The files the training stage adds beside those two (train/run.py writes them; synthesis and the
+# evaluation read them): every bundle file name is spelled here and only here.
+ADC_ATLAS_FILE = "adc_atlas.nii.gz"
+"""(X, Y, Z, S) mm^2/s, one volume per shell of config.json's b_shells"""
+TRACT_ATLAS_FILE = "tract_atlas.nii.gz"
+"""(X, Y, Z, K) tract probabilities on the model grid (models with an adapter)"""
+TRAIN_JSON = "train.json"
+"""subjects, data hash, code version, seed, metrics"""
+HISTORY_FILE = "training.tsv"
+CURVE_FILE = "training_loss.png"
 
 
 class BundleError(ValueError):

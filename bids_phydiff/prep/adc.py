@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .gradients import B0_THRESHOLD, shell_index, unique_shells
+from .grid import same_grid
 
 
 @dataclass
@@ -79,7 +80,7 @@ def adc_atlas_from_files(
     acc = AdcAccumulator(np.asarray(shells), tuple(first.shape[:3]))
     for dwi_path, bval_path, mask_path in runs:
         img = nib.load(str(dwi_path))
-        if not np.allclose(img.affine, first.affine, atol=1e-4):
+        if not same_grid(img.shape, img.affine, first.shape, first.affine, atol=1e-4):
             raise ValueError(f"{dwi_path}: not on the grid of {runs[0][0]}")
         bvals = np.loadtxt(bval_path, ndmin=1)
         acc.add(img.dataobj, bvals, np.asarray(nib.load(str(mask_path)).dataobj) > 0, b0_threshold)

@@ -1,10 +1,9 @@
 """Image registration with ANTs (antspyx): b0 -> T1w rigid, T1w -> template and b0 -> template nonlinear.
 
 Conventions. ANTs works in LPS world coordinates; NIfTI files are read and written by ITK, which converts,
-so the files here need no care. A registration of ``moving`` to ``fixed`` gives transforms that map
-*points* of the fixed space to the moving space; that is what resamples the moving *image* onto the fixed
-grid. Transform lists are in ANTs order: the order in which a fixed-space point passes through them (the
-first file acts first on the point), as ``ants.apply_transforms(fixed, moving, transformlist)`` expects.
+so the files here need no care. A registration of ``moving`` to ``fixed`` gives a
+:class:`~.transforms.TransformChain` (ANTs order; see :mod:`.transforms`) that resamples the moving image
+onto the fixed grid.
 
 Stage pyramids are given in mm (``RegistrationConfig.linear_levels_mm``/``syn_levels_mm``) and turned into
 shrink factors of the fixed image, so the same settings fit 1, 2 or 4 mm templates. Each registration runs
@@ -31,8 +30,12 @@ import numpy as np
 
 from ..errors import InputDataError
 from .ants_runtime import AntsError, run_registration
+from .grid import same_grid
 from .nifti import load_data, load_image, save_image, voxel_sizes
-from .templates import TemplateError, TemplateGrid
+from .resample import resample_mask
+from .template_files import TemplateError
+from .templates import TemplateGrid
+from .transforms import TransformChain
 
 log = logging.getLogger(__name__)
 
@@ -77,61 +80,6 @@ class RegistrationConfig:
 
 RIGID_B0_T1W = RegistrationConfig()
 """b0 -> T1w. A last level at 2 mm was tried: slower (x4) and no more stable across seeds on sub-xa30."""
-
-
-@dataclass(frozen=True)
-class TransformChain:
-    """A mapping between a moving and a fixed space as ANTs transform files.
-
-    ``forward``/``forward_invert``: resample a moving-space image onto a fixed-space grid
-    (``ants.apply_transforms(fixed, moving, list(forward), whichtoinvert=list(forward_invert))``); the files
-    map fixed points to moving points. ``inverse``/``inverse_invert``: the other way round.
-    """
-
-    forward: tuple[Path, ...]
-    forward_invert: tuple[bool, ...]
-    inverse: tuple[Path, ...]
-    inverse_invert: tuple[bool, ...]
-
-    def __post_init__(self):
-        for name in ("forward", "inverse"):
-            object.__setattr__(self, name, tuple(Path(p) for p in getattr(self, name)))
-        for name in ("forward_invert", "inverse_invert"):
-            object.__setattr__(self, name, tuple(bool(b) for b in getattr(self, name)))
-        if len(self.forward) != len(self.forward_invert) or len(self.inverse) != len(self.inverse_invert):
-            raise ValueError("one invert flag per transform file is needed")
-
-    def then(self, other: "TransformChain") -> "TransformChain":
-        """This chain (A -> B) followed by ``other`` (B -> C): the chain A -> C.
-
-        A C-space point goes through ``other``'s files first, then this chain's; an A-space point the
-        other way round.
-        """
-        return TransformChain(
-            forward=other.forward + self.forward,
-            forward_invert=other.forward_invert + self.forward_invert,
-            inverse=self.inverse + other.inverse,
-            inverse_invert=self.inverse_invert + other.inverse_invert,
-        )
-
-    def inverted(self) -> "TransformChain":
-        return TransformChain(self.inverse, self.inverse_invert, self.forward, self.forward_invert)
-
-    def linear_files(self) -> tuple[tuple[Path, bool], ...]:
-        """The linear (``.mat``) files of ``forward`` with their invert flags, in ANTs order."""
-        return tuple((p, inv) for p, inv in zip(self.forward, self.forward_invert) if p.suffix == ".mat")
-
-    def to_dict(self) -> dict:
-        return {
-            "forward": [str(p) for p in self.forward],
-            "forward_invert": list(self.forward_invert),
-            "inverse": [str(p) for p in self.inverse],
-            "inverse_invert": list(self.inverse_invert),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TransformChain":
-        return cls(data["forward"], data["forward_invert"], data["inverse"], data["inverse_invert"])
 
 
 @dataclass(frozen=True)
@@ -274,7 +222,7 @@ def masked_image(image_path: str | Path, mask_path: str | Path, out_path: str | 
     """Write ``image * mask`` (float32) to ``out_path``; the two must share a grid."""
     img = load_image(image_path, ndim=3)
     mask_img = load_image(mask_path, ndim=3, what="mask")
-    if img.shape != mask_img.shape or not np.allclose(img.affine, mask_img.affine, atol=1e-3):
+    if not same_grid(img.shape, img.affine, mask_img.shape, mask_img.affine):
         raise InputDataError(f"{mask_path}: not on the grid of {image_path}")
     data = load_data(img, image_path) * (np.asarray(mask_img.dataobj) > 0)
     return save_image(data, img.affine, out_path, dtype=np.float32)
@@ -314,8 +262,6 @@ def t1w_brain(
 ) -> tuple[Path, Path]:
     """Brain-extract the T1w with the template's brain mask brought back through the T1w -> template
     registration; returns (T1w * mask, mask) written to ``out_brain``/``out_mask`` (default: in ``work_dir``)."""
-    from .resample import resample_mask
-
     work_dir = Path(work_dir)
     out_mask = Path(out_mask or work_dir / "t1w_brain_mask.nii.gz")
     out_brain = Path(out_brain or work_dir / "t1w_brain.nii.gz")

@@ -20,8 +20,8 @@ import numpy as np
 from ..atomic import atomic_path
 from .ants_runtime import AntsError, ants_session
 from .nifti import load_image, save_image
-from .registration import TransformChain
 from .templates import TemplateGrid
+from .transforms import TransformChain
 
 log = logging.getLogger(__name__)
 

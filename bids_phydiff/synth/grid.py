@@ -7,11 +7,11 @@ multiple of ``patch_size * 2 ** (levels - 1)`` (:class:`~bids_phydiff.train.data
 
 from __future__ import annotations
 
-import numpy as np
 
 from ..errors import InputDataError
 from ..model.bundle import GridSpec
 from ..model.phydiff import PhyDiff
+from ..prep.grid import GRID_ATOL_MM, same_grid
 from ..train.dataset import SliceGrid
 
 __all__ = ["GridMismatchError", "check_grid", "slice_grid"]
@@ -27,7 +27,7 @@ def slice_grid(grid: GridSpec | tuple[int, int, int], model: PhyDiff) -> SliceGr
     return SliceGrid.for_multiple(shape, model.config.backbone.size_multiple)
 
 
-def check_grid(grid: GridSpec, shape, affine, what: str = "volume", atol: float = 1e-3) -> None:
+def check_grid(grid: GridSpec, shape, affine, what: str = "volume", atol: float = GRID_ATOL_MM) -> None:
     """Raise :class:`GridMismatchError` naming ``what`` unless its first three dimensions and affine
     (mm, within ``atol``) are the bundle grid's."""
     shape = tuple(int(s) for s in tuple(shape)[:3])
@@ -36,8 +36,7 @@ def check_grid(grid: GridSpec, shape, affine, what: str = "volume", atol: float 
             f"{what}: grid {shape} is not the model grid {tuple(grid.shape)} of template {grid.template} "
             f"at {grid.resolution:g} mm; synthesise from data prepared for this bundle"
         )
-    affine = np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4) or not np.allclose(affine, np.asarray(grid.affine), atol=atol):
+    if not same_grid(shape, affine, grid.shape, grid.affine, atol):
         raise GridMismatchError(
             f"{what}: affine differs from the model grid's (template {grid.template} at {grid.resolution:g} mm)"
         )

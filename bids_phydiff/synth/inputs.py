@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputDataError
+from ..model.bundle import ADC_ATLAS_FILE, TRACT_ATLAS_FILE
 from ..model.sampling import SamplerConfig
 
-__all__ = ["ADC_ATLAS_FILE", "CLIP_X0", "BundleConditions", "app_sampler", "bundle_conditions"]
-
-ADC_ATLAS_FILE = "adc_atlas.nii.gz"
-TRACT_ATLAS_FILE = "tract_atlas.nii.gz"
+__all__ = ["CLIP_X0", "BundleConditions", "app_sampler", "bundle_conditions"]
 
 CLIP_X0 = (-1.0, 2.0)
 """Each step's predicted clean slice is clamped to [-1, 2] in normalised units, i.e. 0 to 1.5 times the

@@ -5,5 +5,4 @@
 - :mod:`.loop`: ``Trainer`` (two stages, AdamW, EMA, validation); :mod:`.lr`, :mod:`.ema`
 - :mod:`.distributed`: torchrun / DDP; :mod:`.checkpoint`: safetensors + JSON checkpoints
 - :mod:`.run`: ``train_bundle`` (the group level's entry point); :mod:`.history`: training.tsv and the curve
-- :mod:`.phantom_runs`: prepared runs from a phantom (tests, benchmarks, demo)
 """

@@ -19,22 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..bids.prepared import PreparedRun
 from ..prep.gradients import B0_THRESHOLD, read_fsl
 from .normalise import Normaliser
 
 LOGGER = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PreparedRun:
-    """Paths of one prepared run in template space (from the participant level)."""
-
-    subject: str
-    dwi: Path
-    bval: Path
-    bvec: Path
-    mask: Path
-    b0ref: Path
 
 
 @dataclass(frozen=True)
@@ -85,7 +74,7 @@ class RunCache:
 
 def _cache_key(run: PreparedRun) -> str:
     h = hashlib.sha256()
-    for path in (run.dwi, run.bval, run.bvec, run.mask, run.b0ref):
+    for path in run.arrays:
         stat = Path(path).stat()
         h.update(f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return h.hexdigest()[:16]

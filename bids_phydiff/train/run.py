@@ -33,8 +33,17 @@ import torch.distributed as dist
 
 from .. import __version__
 from ..atomic import replace_dir
+from ..bids.prepared import PreparedRun
 from ..errors import InputDataError, NoInputError, OutputError
-from ..model.bundle import GridSpec, save_bundle
+from ..model.bundle import (
+    ADC_ATLAS_FILE,
+    CURVE_FILE,
+    HISTORY_FILE,
+    TRACT_ATLAS_FILE,
+    TRAIN_JSON,
+    GridSpec,
+    save_bundle,
+)
 from ..model.config import PhyDiffConfig
 from ..model.device import resolve_device
 from ..model.phydiff import PhyDiff
@@ -43,18 +52,13 @@ from ..prep.gradients import B0_THRESHOLD
 from . import distributed as ddp
 from .checkpoint import checkpoint_dir
 from .config import TrainConfig
-from .dataset import PreparedRun, SliceDataset, SliceGrid
+from .dataset import SliceDataset, SliceGrid
 from .history import plot_loss_curves, write_history_tsv
 from .loop import LoopResult, Trainer
 from .normalise import PERCENTILE
 
 LOGGER = logging.getLogger(__name__)
 
-ADC_FILE = "adc_atlas.nii.gz"
-TRAIN_JSON = "train.json"
-TRACT_FILE = "tract_atlas.nii.gz"
-HISTORY_FILE = "training.tsv"
-CURVE_FILE = "training_loss.png"
 
 
 @dataclass
@@ -83,7 +87,7 @@ def data_sha256(runs: list[PreparedRun]) -> str:
     """SHA-256 over the names and contents of every file of ``runs`` (in subject, path order)."""
     digest = hashlib.sha256()
     for run in sorted(runs, key=lambda r: (r.subject, str(r.dwi))):
-        for path in (run.dwi, run.bval, run.bvec, run.mask, run.b0ref):
+        for path in run.arrays:
             digest.update(f"{run.subject}:{Path(path).name}:".encode())
             with open(path, "rb") as handle:
                 while block := handle.read(1 << 20):
@@ -110,7 +114,7 @@ def model_config_for(config: TrainConfig, tract_channels: int | None) -> PhyDiff
 
 def _check_runs(runs: list[PreparedRun], what: str) -> None:
     for run in runs:
-        for path in (run.dwi, run.bval, run.bvec, run.mask, run.b0ref):
+        for path in run.arrays:
             if not Path(path).is_file():
                 raise NoInputError(f"{path}: {what} file of sub-{run.subject} not found")
 
@@ -216,9 +220,9 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
         bundle_meta = {
             **metadata,
             "slice_grid": {"shape": list(grid.shape), "padded": list(grid.padded)},
-            "adc_atlas": ADC_FILE,
+            "adc_atlas": ADC_ATLAS_FILE,
             "tract_channels": None if tracts is None else int(tracts.shape[3]),
-            "tract_atlas": None if tracts is None else TRACT_FILE,
+            "tract_atlas": None if tracts is None else TRACT_ATLAS_FILE,
         }
         bundle = write_bundle(out_dir, loop, grid_spec, shells, atlas, info, bundle_meta, overwrite, tracts)
     ddp.barrier(world)
@@ -274,9 +278,9 @@ def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: n
     try:
         folder = save_bundle(staging / out_dir.name, loop.ema, grid=grid_spec, b_shells=[float(b) for b in shells],
                              normalisation=normalisation_record(), metadata=bundle_meta)
-        _save_volume(atlas, grid_spec, folder / ADC_FILE, b"ADC atlas mm^2/s per b-shell")
+        _save_volume(atlas, grid_spec, folder / ADC_ATLAS_FILE, b"ADC atlas mm^2/s per b-shell")
         if tracts is not None:
-            _save_volume(tracts, grid_spec, folder / TRACT_FILE, b"tract probabilities on the model grid")
+            _save_volume(tracts, grid_spec, folder / TRACT_ATLAS_FILE, b"tract probabilities on the model grid")
         with open(folder / TRAIN_JSON, "w", encoding="utf-8") as handle:
             json.dump(info, handle, indent=2, allow_nan=False)
             handle.write("\n")

@@ -1,7 +1,7 @@
 """Group level: train a Phy-Diff bundle on the prepared subjects of ``output_dir`` (DESIGN.md section 2).
 
 Training is one process per device (``torchrun`` starts K of them), so this level is a function, not a
-Nipype graph: :func:`collect_prepared` finds the prepared runs with pybids, :func:`split_subjects` holds
+Nipype graph: :func:`bids_phydiff.bids.prepared.find_prepared` finds the prepared runs, :func:`split_subjects` holds
 some out for validation, :func:`find_tract_atlas` picks the atlas of the adapter stage, and
 :func:`run_group` hands everything to :func:`bids_phydiff.train.run.train_bundle`.
 """
@@ -9,50 +9,19 @@ some out for validation, :func:`find_tract_atlas` picks the atlas of the adapter
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from ..bids.derivatives import PreparedFiles
+from ..bids.prepared import PreparedRun, find_prepared
 from ..errors import EmptySelectionError, InputDataError, NoInputError, UsageError
 from ..model.bundle import GridSpec
-from ..train.dataset import PreparedRun
+from ..prep.grid import same_grid
+from ..spaces import XTRACT_TEMPLATE
 
 LOGGER = logging.getLogger(__name__)
 
-XTRACT_TEMPLATE = "MNI152NLin6Asym"
-"""The space of FSL's XTRACT atlas"""
-
-
-def collect_prepared(output_dir: Path, database_dir: Path, template: str, res_label: str | None,
-                     subjects: tuple[str, ...] = ()) -> list[PreparedRun]:
-    """Every prepared run (``desc-preproc`` DWI in ``template`` at ``res_label``) with its gradients, brain
-    mask and b0 reference. Raises :class:`NoInputError` when there is none, naming what was looked for."""
-    from bids import BIDSLayout
-
-    query = {"space": template, "desc": "preproc", "suffix": "dwi", "extension": ".nii.gz"}
-    if res_label:
-        query["res"] = res_label
-    if subjects:
-        query["subject"] = list(subjects)
-    database_dir.mkdir(parents=True, exist_ok=True)
-    layout = BIDSLayout(output_dir, validate=False, database_path=database_dir / "derivatives.sqlite", reset_database=True)
-    runs = []
-    for f in layout.get(**query):
-        files = PreparedFiles.beside(f.path)
-        missing = files.missing()
-        if missing:
-            raise NoInputError(f"{files.dwi}: prepared run is incomplete, missing {[str(p) for p in missing]}; "
-                               "rerun the participant level")
-        runs.append(PreparedRun(f.entities["subject"], files.dwi, files.bval, files.bvec, files.mask, files.b0ref))
-    if not runs:
-        what = f"space-{template}" + (f"_res-{res_label}" if res_label else "") + "_desc-preproc_dwi.nii.gz"
-        who = f" for sub-{', sub-'.join(subjects)}" if subjects else ""
-        raise NoInputError(f"{output_dir}: no prepared runs (*_{what}){who}; run the participant level first "
-                           "with the same --template and --output-resolution")
-    return sorted(runs, key=lambda r: (r.subject, str(r.dwi)))
 
 
 def split_subjects(subjects: list[str], val_subjects: tuple[str, ...] | None, seed: int) -> tuple[list, list]:
@@ -80,7 +49,7 @@ def grid_of(runs: list[PreparedRun], template: str, resolution_mm: float) -> Gri
     first = nib.load(str(runs[0].dwi))
     for run in runs[1:]:
         img = nib.load(str(run.dwi))
-        if img.shape[:3] != first.shape[:3] or not np.allclose(img.affine, first.affine, atol=1e-3):
+        if not same_grid(img.shape, img.affine, first.shape, first.affine):
             raise InputDataError(f"{run.dwi}: grid {img.shape[:3]} differs from {runs[0].dwi} {first.shape[:3]}; "
                                  "prepare all subjects with the same --template and --output-resolution")
     return GridSpec(template, resolution_mm, tuple(first.shape[:3]), tuple(map(tuple, first.affine.tolist())))
@@ -117,15 +86,15 @@ def find_tract_atlas(given: Path | None, use: bool, template: str, home: Path | 
 def run_group(config) -> Path | None:
     """Train ``output_dir/models/model-<label>`` from the prepared runs; ``config`` is the run's
     ``cli.config.RunConfig``. Returns the bundle folder (None on torchrun ranks other than 0)."""
-    from ..prep.templates import load_template, templateflow_home
+    from ..prep.template_files import templateflow_home
+    from ..prep.templates import load_template
     from ..prep.tracts import load_tract_atlas
     from ..train.config import load_train_config
     from ..train.run import train_bundle
 
     opts = config.train
     grid = load_template(config.template, config.output_resolution)
-    runs = collect_prepared(config.output_dir, config.work_dir / "group_db" / str(os.environ.get("RANK", "0")),
-                            config.template, grid.res_label, config.participant_label)
+    runs = find_prepared(config.output_dir, config.participant_label, config.template, grid.res_label)
     train_subjects, val_subjects = split_subjects([r.subject for r in runs], opts.val_subjects, config.seed)
     train_runs = [r for r in runs if r.subject in train_subjects]
     val_runs = [r for r in runs if r.subject in val_subjects]

@@ -124,7 +124,7 @@ def _write_chain(runtime, chain) -> str:
 def _read_chain(path: str):
     import json
 
-    from ..prep.registration import TransformChain
+    from ..prep.transforms import TransformChain
 
     return TransformChain.from_dict(json.loads(Path(path).read_text()))
 
@@ -315,7 +315,7 @@ class RegistrationFigures(SimpleInterface):
         grid = _grid(i.grid)
         outline = np.asarray(nib.load(str(grid.mask)).dataobj, dtype=np.float32)
         if outline.shape != tuple(grid.shape):  # template files on their own (finer) grid
-            from ..prep.templates import resample_to_grid
+            from ..prep.grid import resample_to_grid
 
             outline = resample_to_grid(grid.mask, grid, is_mask=True).astype(np.float32)
         data = lambda path: np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)  # noqa: E731

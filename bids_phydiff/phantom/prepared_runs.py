@@ -1,5 +1,8 @@
 """Prepared runs made directly from a phantom dataset, for tests, benchmarks and smoke runs.
 
+Not imported by :mod:`bids_phydiff.phantom`'s package namespace: the generator stands alone (numpy and
+nibabel), while this helper needs the prepare functions and the model's grid type.
+
 Stands in for the participant level: each subject's DWI is taken as if it were already in template
 space (the phantom's subjects share one field of view; with ``rotation_deg = translation_mm =
 deformation_mm = 0`` they are also aligned), LAS images are flipped to RAS (the FSL b-vectors stay valid:
@@ -15,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bids.prepared import PreparedRun
 from ..model.bundle import GridSpec
 from ..prep.b0 import b0_reference
 from ..prep.gradients import read_bvals
+from ..prep.grid import same_grid
 from ..prep.mask import brain_mask
-from .dataset import PreparedRun
 
 
 def _fit(data: np.ndarray, size: int, axis: int) -> tuple[np.ndarray, int]:
@@ -71,7 +75,7 @@ def phantom_prepared_runs(dwi_files: list[tuple[str, Path]], out_dir: Path, temp
         shutil.copyfile(stem + ".bval", run.bval)
         shutil.copyfile(stem + ".bvec", run.bvec)
         spec = GridSpec(template, float(zooms[0]), data.shape[:3], affine.tolist())
-        if grid is not None and (grid.shape != spec.shape or not np.allclose(grid.affine, spec.affine, atol=1e-3)):
+        if grid is not None and not same_grid(grid.shape, grid.affine, spec.shape, spec.affine):
             raise ValueError(f"{dwi_path}: grid {spec.shape} differs from the first subject's {grid.shape}")
         grid = grid or spec
         runs.append(run)
@@ -86,7 +90,7 @@ def phantom_training_data(root: Path, in_plane: tuple[int, int] | None = (32, 32
     """
     import nibabel as nib
 
-    from ..phantom import PhantomConfig, generate
+    from . import PhantomConfig, generate
     from ..prep.tracts import resample_channels
 
     root = Path(root)

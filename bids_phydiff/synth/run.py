@@ -1,0 +1,151 @@
+"""One synthesis driver: load a bundle, read a prepared run, synthesise a scheme for it.
+
+The participant level with ``--model`` (:mod:`bids_phydiff.workflows.synthesis`) and the evaluation
+command (:mod:`bids_phydiff.eval.evaluate`) both go through these three functions, so they synthesise the
+same way; what each does with the result (BIDS outputs and a report, or evaluation tables) is theirs.
+A prepared run is given as plain paths (:class:`bids_phydiff.bids.prepared.PreparedRun`); nothing here
+knows BIDS names.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import InputDataError, NoInputError
+from ..model.sampling import SamplerConfig
+from ..prep.gradients import read_fsl
+from ..train.normalise import Normaliser
+from .grid import check_grid, slice_grid
+from .inputs import BundleConditions, bundle_conditions
+from .scheme import TargetScheme
+from .volume import Synthesis, synthesise
+
+if TYPE_CHECKING:
+    from ..bids.prepared import PreparedRun
+
+log = logging.getLogger(__name__)
+
+__all__ = ["LoadedBundle", "SubjectData", "load_bundle", "load_subject", "model_evaluations", "synthesise_acquired",
+           "synthesise_run"]
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle (:class:`bids_phydiff.model.bundle.Bundle`) with its ADC and tract atlases
+    (:class:`~.inputs.BundleConditions`), under the method ``name`` of the evaluation tables."""
+
+    name: str
+    bundle: object
+    conditions: BundleConditions
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    """One prepared run in memory: ``b0`` (X, Y, Z) the b0 reference in signal units, ``mask`` (X, Y, Z)
+    bool, ``affine`` (4, 4), ``bvals`` (N,) s/mm^2 and ``bvecs`` (N, 3) of the acquired scheme, ``scale``
+    the b0 scale (99.5th percentile in the mask: the data range of the masked PSNR and SSIM), and ``dwi``
+    (X, Y, Z, N) signal units, or None when it was not read."""
+
+    run: "PreparedRun"
+    b0: np.ndarray
+    mask: np.ndarray
+    affine: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    scale: float
+    dwi: np.ndarray | None = None
+
+
+def load_bundle(path: str | Path, device: str = "cpu", name: str = "phydiff", what: str | None = None) -> LoadedBundle:
+    """The bundle folder ``path`` on ``device`` with its conditions. A missing folder is a
+    :class:`NoInputError` (66), a corrupt or inconsistent one an :class:`InputDataError` (65); each message
+    starts with ``what`` (default ``model bundle <path>``)."""
+    from ..model.bundle import BundleError
+    from ..model.bundle import load_bundle as load_bundle_folder
+    from ..model.device import resolve_device
+
+    path = Path(path)
+    what = what or f"model bundle {path}"
+    if not path.is_dir():
+        raise NoInputError(f"{what}: model bundle folder not found")
+    try:
+        bundle = load_bundle_folder(path, device=resolve_device(device))
+    except BundleError as exc:
+        raise InputDataError(f"{what}: {exc}") from None
+    return LoadedBundle(name, bundle, bundle_conditions(bundle))
+
+
+def _volume(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim != 3:
+        raise InputDataError(f"{path}: expected a 3-D {what}, got shape {data.shape}")
+    return data, img.affine
+
+
+def load_subject(run: "PreparedRun", with_dwi: bool = True) -> SubjectData:
+    """Read a prepared run (the DWI series only ``with_dwi``); inconsistent files are an
+    :class:`InputDataError` (65) naming the file."""
+    b0, affine = _volume(run.b0ref, "b0 reference")
+    mask = _volume(run.mask, "brain mask")[0] > 0
+    if mask.shape != b0.shape:
+        raise InputDataError(f"{run.mask}: mask {mask.shape} is not on the grid of {run.b0ref} {b0.shape}")
+    if not mask.any():
+        raise InputDataError(f"{run.mask}: the brain mask is empty")
+    table = read_fsl(run.bval, run.bvec)
+    dwi = None
+    if with_dwi:
+        dwi = np.asarray(nib.load(str(run.dwi)).dataobj, dtype=np.float32)
+        if dwi.ndim != 4 or dwi.shape[:3] != b0.shape:
+            raise InputDataError(f"{run.dwi}: expected a 4-D series on the grid {b0.shape}, got shape {dwi.shape}")
+        if table.bvals.size != dwi.shape[3]:
+            raise InputDataError(f"{run.bval}: {table.bvals.size} b-values for {dwi.shape[3]} volumes")
+    scale = float(Normaliser.from_b0(b0, mask).scale)
+    return SubjectData(run, b0, mask, affine, table.bvals, table.bvecs, scale, dwi)
+
+
+def synthesise_run(loaded: LoadedBundle, subject: SubjectData, scheme: TargetScheme, sampler: SamplerConfig, *,
+                   seed: int, batch_size: int = 16, samples: int = 1, progress: bool = True
+                   ) -> tuple[Synthesis, float]:
+    """Synthesise ``scheme`` for ``subject`` from its b0 reference with ``loaded``'s model and atlases.
+
+    Returns ``(Synthesis (X, Y, Z, N) signal units, seconds)``. The run must be on the bundle's grid, else
+    :class:`~.grid.GridMismatchError` (65) naming its b0 reference.
+    """
+    bundle, conditions = loaded.bundle, loaded.conditions
+    check_grid(bundle.grid, subject.b0.shape, subject.affine, str(subject.run.b0ref))
+    start = time.perf_counter()
+    result = synthesise(bundle.model, subject.b0, subject.mask, scheme, conditions.adc_atlas, conditions.shells,
+                        slice_grid(bundle.grid, bundle.model), sampler, samples=samples, batch_size=batch_size,
+                        seed=seed, tracts=conditions.tracts, progress=progress)
+    return result, time.perf_counter() - start
+
+
+def synthesise_acquired(loaded: LoadedBundle, subject: SubjectData, sampler: SamplerConfig, seed: int,
+                        batch_size: int = 64, volumes: Sequence[int] | None = None) -> tuple[np.ndarray, float]:
+    """Synthesise the run's acquired scheme (or the ``volumes`` of it), without a progress bar; for the
+    evaluation. Returns ``(series (X, Y, Z, N') signal units, seconds)``."""
+    from ..prep.gradients import B0_THRESHOLD
+
+    index = np.arange(subject.bvals.size) if volumes is None else np.asarray(volumes, dtype=int)
+    scheme = TargetScheme(subject.bvals[index], subject.bvecs[index], "acquired", B0_THRESHOLD)
+    result, seconds = synthesise_run(loaded, subject, scheme, sampler, seed=seed, batch_size=batch_size,
+                                     progress=False)
+    return result.mean, seconds
+
+
+def model_evaluations(bundle, sampler: SamplerConfig) -> int:
+    """How many times ``sampler`` evaluates ``bundle``'s network per slice (1 for a regression model;
+    DDPM from SDEdit strength 0.8 of 1000 steps runs 801)."""
+    from ..model.sampling import timesteps
+
+    if bundle.model.config.objective == "regression":
+        return 1
+    return len(timesteps(sampler, bundle.model.schedule.num_steps))
