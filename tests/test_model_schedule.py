@@ -1,4 +1,5 @@
-"""The physics-guided schedule: exact per-pixel alpha-bar, plain DDPM at gap 0, ADC interpolation."""
+"""The physics-guided schedule: exact per-pixel alpha-bar, plain DDPM at gap 0, the diffusion maths per pixel
+(conversions between x0, eps and v, objectives' targets, DDPM posterior, DDIM update), ADC interpolation."""
 
 from __future__ import annotations
 
@@ -134,3 +135,106 @@ def test_interpolate_adc_checks_its_inputs():
         interpolate_adc(maps, [1000.0, 3000.0, 2000.0], 1500.0)
     with pytest.raises(ValueError, match="shells"):
         interpolate_adc(maps, [1000.0, 2000.0], 1500.0)
+
+
+# ---------------------------------------------------------------------------- diffusion maths per pixel
+
+
+def _per_pixel(gap=5e-3, seed=0):
+    """A physics schedule, its excess beta g for random ADC maps, and t (3,)."""
+    config = ScheduleConfig(gap=gap)
+    schedule = PhysicsSchedule(config)
+    g = schedule.excess_beta(_adc(seed=seed), torch.tensor([1000.0, 2000.0, 3000.0]))
+    return config, schedule, g
+
+
+def _images(seed, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(3, 1, 8, 8, generator=gen, dtype=dtype)
+
+
+def test_conversions_between_x0_eps_and_v_round_trip_per_pixel():
+    config, schedule, g = _per_pixel()
+    t = torch.tensor([0, 417, 999])
+    x0, eps = _images(1), _images(2)
+    abar = _explicit_alpha_bar(config, g, t)
+    assert float(abar[1].amax() / abar[1].amin()) > 1.1  # alpha-bar differs between pixels of one sample
+    x_t = schedule.q_sample(x0, t, eps, g)
+    torch.testing.assert_close(x_t, abar.sqrt() * x0 + (1 - abar).sqrt() * eps, rtol=0, atol=1e-12)
+    v = schedule.velocity(x0, eps, t, g)
+    torch.testing.assert_close(v, abar.sqrt() * eps - (1 - abar).sqrt() * x0, rtol=0, atol=1e-12)
+    for got, want in [
+        (schedule.x0_from_eps(x_t, t, g, eps), x0),
+        (schedule.eps_from_x0(x_t, t, g, x0), eps),
+        (schedule.x0_from_v(x_t, t, g, v), x0),
+        (schedule.eps_from_v(x_t, t, g, v), eps),
+    ]:
+        # x0 from eps divides by sqrt(abar), about 0.006 at t = 999
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+    # float32 images get float32 coefficients and keep their dtype
+    x32 = schedule.q_sample(x0.float(), t, eps.float(), g)
+    assert x32.dtype == torch.float32
+    torch.testing.assert_close(schedule.eps_from_x0(x32, t, g, x0.float()), eps.float(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["eps", "v", "x0"])
+def test_each_objectives_target_converts_back_to_the_noise(objective):
+    _, schedule, g = _per_pixel()
+    t = torch.tensor([3, 500, 998])
+    x0, eps = _images(3), _images(4)
+    x_t = schedule.q_sample(x0, t, eps, g)
+    target = schedule.loss_target(objective, x0, eps, t, g)
+    want = {"eps": eps, "x0": x0, "v": schedule.velocity(x0, eps, t, g)}[objective]
+    assert torch.equal(target, want)
+    # a network that predicts its target exactly hands the samplers the true noise, and they recover x0
+    torch.testing.assert_close(schedule.predict_eps(objective, x_t, t, g, target), eps, rtol=0, atol=1e-9)
+    x0_back, eps_back = schedule.predict_x0(x_t, t, g, eps)
+    torch.testing.assert_close(x0_back, x0, rtol=0, atol=1e-9)
+    assert torch.equal(eps_back, eps)  # no clamp: the noise is kept
+    with pytest.raises(ValueError, match="regression"):
+        schedule.predict_eps("regression", x_t, t, g, target)
+
+
+def test_predict_x0_clamps_and_keeps_eps_consistent_with_x_t():
+    _, schedule, g = _per_pixel()
+    t = torch.tensor([100, 500, 900])
+    x_t, eps = _images(5) * 3, _images(6)
+    x0, eps_c = schedule.predict_x0(x_t, t, g, eps, clip=(-1.0, 0.5))
+    assert float(x0.min()) >= -1.0 and float(x0.max()) <= 0.5 and not torch.equal(eps_c, eps)
+    torch.testing.assert_close(schedule.q_sample(x0, t, eps_c, g), x_t, rtol=0, atol=1e-12)
+
+
+def test_ddpm_posterior_is_bayes_rule_per_pixel():
+    config, schedule, g = _per_pixel()
+    t = torch.tensor([1, 250, 999])
+    x0, x_t = _images(7), _images(8)
+    mean, var = schedule.posterior(x_t, x0, t, g)
+    # q(x_{t-1} | x_t, x0) ~ q(x_t | x_{t-1}) q(x_{t-1} | x0), two Gaussians in x_{t-1}, written from the
+    # explicit per-pixel products: alpha_t(x) = abar_t(x) / abar_{t-1}(x), beta_t(x) = 1 - alpha_t(x)
+    abar, abar_prev = _explicit_alpha_bar(config, g, t), _explicit_alpha_bar(config, g, t - 1)
+    alpha = abar / abar_prev
+    precision = alpha / (1 - alpha) + 1 / (1 - abar_prev)
+    want_mean = (alpha.sqrt() * x_t / (1 - alpha) + abar_prev.sqrt() * x0 / (1 - abar_prev)) / precision
+    torch.testing.assert_close(var, 1 / precision, rtol=1e-8, atol=0)
+    torch.testing.assert_close(mean, want_mean, rtol=0, atol=1e-8)
+    # at t = 0 the posterior is x0 itself
+    mean0, var0 = schedule.posterior(x_t, x0, torch.zeros(3, dtype=torch.long), g)
+    torch.testing.assert_close(mean0, x0, rtol=0, atol=1e-12)
+    assert float(var0.abs().max()) < 1e-15
+
+
+def test_ddim_update_is_the_forward_process_at_eta_0_and_the_ddpm_posterior_at_eta_1():
+    _, schedule, g = _per_pixel()
+    t = torch.tensor([1, 250, 999])
+    x0, eps = _images(9), _images(10)
+    # eta = 0: deterministic, the same noise carried to the less noisy step
+    t_next = torch.tensor([0, 100, 500])
+    mean, sigma = schedule.ddim_posterior(x0, eps, t, t_next, g, eta=0.0)
+    assert torch.equal(sigma, torch.zeros_like(sigma))
+    torch.testing.assert_close(mean, schedule.q_sample(x0, t_next, eps, g), rtol=0, atol=1e-12)
+    # eta = 1 over one step: the DDPM posterior of the x_t that x0 and eps make
+    x_t = schedule.q_sample(x0, t, eps, g)
+    mean, sigma = schedule.ddim_posterior(x0, eps, t, t - 1, g, eta=1.0)
+    want_mean, want_var = schedule.posterior(x_t, x0, t, g)
+    torch.testing.assert_close(sigma**2, want_var, rtol=1e-8, atol=1e-15)
+    torch.testing.assert_close(mean, want_mean, rtol=0, atol=1e-9)

@@ -3,9 +3,10 @@
 - :mod:`.attention`: 2-D neighborhood attention (torch and natten backends) and global attention
 - :mod:`.hdit`: the hourglass diffusion transformer backbone
 - :mod:`.conditioning`: b-value / b-vector / slice / timestep embeddings and the mapping network
-- :mod:`.schedule`: the physics-guided per-pixel noise schedule and ADC interpolation between shells
+- :mod:`.schedule`: the physics-guided per-pixel noise schedule and all its maths (q_sample, x0/eps/v
+  conversions, loss targets, DDPM and DDIM posteriors), and ADC interpolation between shells
 - :mod:`.adapter`: the XTRACT adapter and the tract condition (paper Eq. 8)
-- :mod:`.sampling`: DDPM and DDIM samplers, from noise or SDEdit
+- :mod:`.sampling`: the DDPM and DDIM loops, from noise or SDEdit
 - :mod:`.phydiff`: the whole model and its loss; :mod:`.bundle`: the saved model bundle
 - :mod:`.config`: every configuration and the presets; :mod:`.device`: device choice and autocast
 """

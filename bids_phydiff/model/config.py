@@ -1,7 +1,8 @@
 """Every configuration of the model room, and the presets, in one place.
 
-All configs are frozen dataclasses with ``to_dict`` / ``from_dict`` (plain JSON types; unknown keys are
-refused so a typo in a bundle or a config file is an error, not a silent default).
+All configs are frozen dataclasses with ``to_dict`` / ``from_dict`` from :class:`JsonConfig` (plain JSON
+types; unknown keys are refused so a typo in a bundle or a config file is an error, not a silent default;
+missing keys take the field defaults, so a bundle written before a key existed still loads).
 
 Presets (:data:`PRESETS`, nominal image sizes in :data:`PRESET_IMAGE_SIZES`):
 
@@ -21,24 +22,69 @@ same network as a deterministic regressor (see :class:`PhyDiffConfig`).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping, TypeVar
+from typing import Any, Literal, Mapping, TypeVar, Union
 
-T = TypeVar("T")
+C = TypeVar("C", bound="JsonConfig")
 
 
-def _from_mapping(cls: type[T], data: Mapping[str, Any], where: str) -> dict[str, Any]:
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(names)}")
-    return dict(data)
+class JsonConfig:
+    """``to_dict`` / ``from_dict`` for a (frozen) dataclass config, once for all of them.
+
+    ``to_dict``: plain JSON types: nested configs as objects, tuples as lists. ``from_dict``: refuses unknown
+    keys (naming ``where``, e.g. ``model.backbone.levels[0]``), leaves missing keys to the field defaults, and
+    rebuilds nested configs and tuples from the field annotations (``X``, ``X | None``, ``tuple[X, ...]``).
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _to_plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls: type[C], data: Mapping[str, Any], where: str = "") -> C:
+        where = where or cls.__name__
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+        fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+        names = {f.name for f in fields}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(names)}")
+        missing = [f.name for f in fields if f.name not in data and _required(f)]
+        if missing:
+            raise ValueError(f"{where}: missing key(s) {missing}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _from_plain(hints[k], v, f"{where}.{k}") for k, v in data.items()})
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, JsonConfig):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _from_plain(hint: Any, value: Any, where: str) -> Any:
+    """``value`` (plain JSON) as the annotated type ``hint``: a config from an object, a tuple from a list."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    for option in options:
+        if isinstance(value, Mapping) and isinstance(option, type) and issubclass(option, JsonConfig):
+            return option.from_dict(value, where)
+        if isinstance(value, (list, tuple)) and typing.get_origin(option) is tuple:
+            args = typing.get_args(option)
+            item = args[0] if len(args) == 2 and args[1] is Ellipsis else Any
+            return tuple(_from_plain(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    return value
 
 
 @dataclass(frozen=True)
-class LevelConfig:
+class LevelConfig(JsonConfig):
     """One level of the hourglass. The last level of :class:`HDiTConfig` is the bottom (middle) level.
 
     ``attention``: ``"neighborhood"`` (kernel ``kernel_size``, odd) or ``"global"``.
@@ -64,11 +110,12 @@ class LevelConfig:
 
 
 @dataclass(frozen=True)
-class HDiTConfig:
+class HDiTConfig(JsonConfig):
     """The hourglass diffusion transformer backbone.
 
-    Input (B, in_channels, H, W) = x_t and the b0 slice concatenated; output (B, out_channels, H, W) = the
-    predicted noise. H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
+    Input (B, in_channels, H, W) = x_t and the b0 slice concatenated; output (B, out_channels, H, W) = what
+    :attr:`PhyDiffConfig.objective` names (the clean slice x0 for the presets, the noise, v, or the target
+    slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
     ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``.
     """
 
@@ -100,20 +147,9 @@ class HDiTConfig:
     def widths(self) -> tuple[int, ...]:
         return tuple(lv.width for lv in self.levels)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["levels"] = [dataclasses.asdict(lv) for lv in self.levels]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> HDiTConfig:
-        d = _from_mapping(cls, data, "backbone")
-        d["levels"] = tuple(LevelConfig(**_from_mapping(LevelConfig, lv, "backbone.levels[]")) for lv in d["levels"])
-        return cls(**d)
-
 
 @dataclass(frozen=True)
-class ConditioningConfig:
+class ConditioningConfig(JsonConfig):
     """Embeddings of timestep, b-value, b-vector and slice position, and the mapping network.
 
     ``width``: embedding and mapping width (the AdaRMSNorm condition size). ``b_scale`` (s/mm^2): b and the
@@ -136,16 +172,9 @@ class ConditioningConfig:
         if self.b_scale <= 0:
             raise ValueError(f"b_scale must be positive, got {self.b_scale}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ConditioningConfig:
-        return cls(**_from_mapping(cls, data, "conditioning"))
-
 
 @dataclass(frozen=True)
-class ScheduleConfig:
+class ScheduleConfig(JsonConfig):
     """DDPM noise schedule with the physics-guided per-pixel term (paper Eq. 5).
 
     beta_t(x) = linear beta_t + gap * (1 - s(x)), linear betas from ``beta_start`` to ``beta_end`` over
@@ -165,16 +194,9 @@ class ScheduleConfig:
         if self.gap < 0.0 or self.beta_end + self.gap >= 0.5:
             raise ValueError(f"need gap >= 0 and beta_end + gap < 0.5, got gap={self.gap}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
-        return cls(**_from_mapping(cls, data, "schedule"))
-
 
 @dataclass(frozen=True)
-class AdapterConfig:
+class AdapterConfig(JsonConfig):
     """The XTRACT adapter (T2I-Adapter style). Its level widths are the backbone's.
 
     ``in_channels``: tract channels (42 for XTRACT). ``blocks_per_level`` ResNet blocks of
@@ -194,19 +216,15 @@ class AdapterConfig:
         if self.in_channels < 1 or self.blocks_per_level < 0 or self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"invalid adapter config: {self}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AdapterConfig:
-        return cls(**_from_mapping(cls, data, "adapter"))
 
 
-OBJECTIVES = ("eps", "v", "x0", "regression")
+DIFFUSION_OBJECTIVES = ("eps", "v", "x0")
+"""What a diffusion network may predict: the noise, v, or the clean slice (see :class:`PhyDiffConfig`)."""
+OBJECTIVES = DIFFUSION_OBJECTIVES + ("regression",)
 
 
 @dataclass(frozen=True)
-class PhyDiffConfig:
+class PhyDiffConfig(JsonConfig):
     """The whole model: backbone, conditioning, schedule, optional adapter (None = w/o XTRACT).
 
     ``objective``: ``"eps"`` (the default of a config that does not name one, e.g. a bundle written before
@@ -232,28 +250,6 @@ class PhyDiffConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "backbone": self.backbone.to_dict(),
-            "conditioning": self.conditioning.to_dict(),
-            "schedule": self.schedule.to_dict(),
-            "adapter": None if self.adapter is None else self.adapter.to_dict(),
-            "objective": self.objective,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PhyDiffConfig:
-        d = _from_mapping(cls, data, "model")
-        if "backbone" not in d:
-            raise ValueError("model: missing key 'backbone'")
-        return cls(
-            backbone=HDiTConfig.from_dict(d["backbone"]),
-            conditioning=ConditioningConfig.from_dict(d.get("conditioning", {})),
-            schedule=ScheduleConfig.from_dict(d.get("schedule", {})),
-            adapter=None if d.get("adapter") is None else AdapterConfig.from_dict(d["adapter"]),
-            objective=d.get("objective", "eps"),
-        )
 
     def replace(self, **changes: Any) -> PhyDiffConfig:
         """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``."""

@@ -1,7 +1,8 @@
 """The hourglass diffusion transformer (HDiT) backbone.
 
 Input (B, in_channels, H, W) (x_t and the b0 slice, concatenated), condition (B, cond_features) from the
-mapping network, optional adapter features; output (B, out_channels, H, W), the predicted noise.
+mapping network, optional adapter features; output (B, out_channels, H, W), the prediction named by the
+model's objective (the clean slice x0 for the presets, the noise eps, or v; see :class:`~.config.PhyDiffConfig`).
 
 Layout: a patch-``p`` token merge to level 0; at each level above the bottom, ``depth`` transformer layers
 with neighborhood attention, then a 2x2 token merge down; the bottom level runs global (or neighborhood)

@@ -3,9 +3,11 @@
 Training target: at a uniformly drawn step t of the per-pixel forward process of paper Eq. 5, the MSE of
 what ``config.objective`` names: the clean slice x0 (the presets), the noise (``"eps"``, paper Eq. 6) or
 v = sqrt(abar) eps - sqrt(1 - abar) x0; the samplers always receive the implied noise (:meth:`predict_eps`).
-Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model never sees files. Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template
-grid), slice position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s,
-see :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
+The targets and conversions are the schedule's (:class:`~.schedule.PhysicsSchedule`).
+Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model never sees files.
+Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template grid), slice
+position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s, see
+:func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
 
 With ``config.objective == "regression"`` the same network is a deterministic regressor instead: its
 input is x_t = 0 at t = 0 (the b0 is the other channel), its output is read as the target slice, the loss
@@ -171,28 +173,14 @@ class PhyDiff(nn.Module):
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
         out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
-        if self.config.objective == "v":
-            a, s = self._signal_noise(t, g, x0)
-            return F.mse_loss(out.float(), a * noise.float() - s * x0)
-        if self.config.objective == "x0":
-            return F.mse_loss(out.float(), x0)
-        return F.mse_loss(out.float(), noise.float())
-
-    def _signal_noise(self, t: Tensor, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
-        """sqrt(abar_t(x)) and sqrt(1 - abar_t(x)), each (B, 1, H, W) (or (B, 1, 1, 1)), in ``like``'s dtype."""
-        abar = self.schedule.alpha_bar(t, g)
-        return abar.sqrt().to(like.dtype), (1.0 - abar).sqrt().to(like.dtype)
+        target = self.schedule.loss_target(self.config.objective, x0, noise.float(), t, g)
+        return F.mse_loss(out.float(), target)
 
     def predict_eps(self, x_t: Tensor, t: Tensor, g: Tensor | None, out: Tensor) -> Tensor:
-        """The noise implied by the network's output ``out`` for x_t (all (B, 1, H, W), float32):
-        ``out`` itself for the eps objective; eps = sqrt(1 - abar) x_t + sqrt(abar) v for the v objective;
-        eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar) for the x0 objective."""
-        if self.config.objective not in ("v", "x0"):
-            return out
-        a, s = self._signal_noise(t, g, x_t)
-        if self.config.objective == "x0":
-            return (x_t - a * out) / s
-        return s * x_t + a * out
+        """The noise implied by the network's output ``out`` for x_t (all (B, 1, H, W), float32), through the
+        per-pixel schedule (:meth:`~.schedule.PhysicsSchedule.predict_eps`): ``out`` itself for the eps
+        objective, (x_t - sqrt(abar) x0) / sqrt(1 - abar) for x0, sqrt(1 - abar) x_t + sqrt(abar) v for v."""
+        return self.schedule.predict_eps(self.config.objective, x_t, t, g, out)
 
     # -------------------------------------------------------------------------------------- regression
 

@@ -2,7 +2,8 @@
 
 A sampler drives ``eps_fn(x_t, t) -> eps`` (x_t (B, 1, H, W) float32, t (B,) int64) with the per-pixel
 schedule of :class:`~.schedule.PhysicsSchedule` and the sample's excess beta ``g`` (B, 1, H, W) (None =
-plain DDPM). Everything runs batched; the noise comes from one ``torch.Generator`` on the images' device,
+plain DDPM); the schedule does the maths (x0 from eps, the DDPM posterior, the DDIM update), this module
+only the loops. Everything runs batched; the noise comes from one ``torch.Generator`` on the images' device,
 so a seed fixes the result on a given device. A sequence of B generators (one per sample) instead draws
 each sample's noise from its own generator, so a sample's result does not depend on the batch it is in.
 
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Callable, Literal, Sequence, Union
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .schedule import PhysicsSchedule
+from .config import JsonConfig
+from .schedule import PhysicsSchedule, clip_range
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +32,15 @@ Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 @dataclass(frozen=True)
-class SamplerConfig:
+class SamplerConfig(JsonConfig):
     """How to sample.
 
     ``method``: ``"ddpm"`` (ancestral, every step from the start; ``steps`` ignored) or ``"ddim"`` (``steps``
     model evaluations, ``eta`` = 0 deterministic, 1 = DDPM-like noise). ``clip_x0``: clamp the predicted
-    x0 at each step to [-clip_x0, clip_x0], or to [low, high] for a pair (None = no clamp; intensities above the 99.5th percentile exceed
-    1 in this project's normalisation, so clamping is off by default). ``progress``: a tqdm bar
-    (None = only on a terminal).
+    x0 at each step to [-clip_x0, clip_x0], or to [low, high] for a pair (None = no clamp; intensities
+    above the 99.5th percentile exceed 1 in this project's normalisation, so clamping is off by default).
+    ``progress``: a tqdm bar (None = only on a terminal). ``to_dict`` / ``from_dict``: see
+    :class:`~.config.JsonConfig`.
     """
 
     method: Literal["ddpm", "ddim"] = "ddim"
@@ -60,19 +63,9 @@ class SamplerConfig:
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"SDEdit strength must be in (0, 1], got {self.strength}")
         if self.clip_x0 is not None:
-            low, high = _clip_range(self.clip_x0)
+            low, high = clip_range(self.clip_x0)
             if not low < high:
                 raise ValueError(f"clip_x0 must be positive or a pair (low < high), got {self.clip_x0}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SamplerConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"sampler: unknown keys {unknown}")
-        return cls(**data)
 
 
 def start_step(config: SamplerConfig, num_steps: int) -> int:
@@ -92,24 +85,6 @@ def timesteps(config: SamplerConfig, num_steps: int) -> list[int]:
         return [first]
     grid = torch.linspace(first, 0, count, dtype=torch.float64).round().long().tolist()
     return sorted(set(grid), reverse=True)
-
-
-def _clip_range(clip: float | tuple[float, float]) -> tuple[float, float]:
-    if isinstance(clip, (tuple, list)):
-        return float(clip[0]), float(clip[1])
-    return -float(clip), float(clip)
-
-
-def predict_x0(x: Tensor, eps: Tensor, abar: Tensor, clip=None) -> tuple[Tensor, Tensor]:
-    """x0 and eps for x_t = ``x`` given the noise ``eps`` and alpha-bar ``abar`` (per pixel or per sample);
-    with ``clip`` (see :class:`SamplerConfig`), x0 is clamped and eps made consistent with it."""
-    a = abar.sqrt().to(x.dtype)
-    s = (1.0 - abar).sqrt().to(x.dtype)
-    x0 = (x - s * eps) / a
-    if clip is not None:
-        x0 = x0.clamp(*_clip_range(clip))
-        eps = (x - a * x0) / s
-    return x0, eps
 
 
 def _randn(
@@ -148,17 +123,10 @@ def ddpm_loop(
     for step in _steps_bar(list(range(first, -1, -1)), progress, "DDPM"):
         t = torch.full((batch,), step, device=x.device, dtype=torch.long)
         eps = eps_fn(x, t).to(x.dtype)
-        abar = schedule.alpha_bar(t, g)
-        abar_prev = schedule.alpha_bar_prev(t, g)
-        beta = schedule.beta(t, g)
-        x0, _ = predict_x0(x, eps, abar, clip_x0)
-        # posterior q(x_{t-1} | x_t, x0) with per-pixel beta_t(x)
-        c0 = (abar_prev.sqrt() * beta / (1.0 - abar)).to(x.dtype)
-        ct = ((1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar)).to(x.dtype)
-        x = c0 * x0 + ct * x
+        x0, _ = schedule.predict_x0(x, t, g, eps, clip_x0)
+        x, variance = schedule.posterior(x, x0, t, g)
         if step > 0:
-            var = (beta * (1.0 - abar_prev) / (1.0 - abar)).to(x.dtype)
-            x = x + var.sqrt() * _noise_like(x, generator)
+            x = x + variance.sqrt() * _noise_like(x, generator)
     return x
 
 
@@ -178,17 +146,12 @@ def ddim_loop(
     for i, step in enumerate(_steps_bar(steps, progress, "DDIM")):
         t = torch.full((batch,), step, device=x.device, dtype=torch.long)
         eps = eps_fn(x, t).to(x.dtype)
-        abar = schedule.alpha_bar(t, g)
-        x0, eps = predict_x0(x, eps, abar, clip_x0)
+        x0, eps = schedule.predict_x0(x, t, g, eps, clip_x0)
         if i + 1 == len(steps):
             return x0
-        t_next = torch.full_like(t, steps[i + 1])
-        abar_next = schedule.alpha_bar(t_next, g)
-        sigma = eta * ((1.0 - abar_next) / (1.0 - abar) * (1.0 - abar / abar_next)).clamp_min(0.0).sqrt()
-        direction = (1.0 - abar_next - sigma**2).clamp_min(0.0).sqrt()
-        x = abar_next.sqrt().to(x.dtype) * x0 + direction.to(x.dtype) * eps
+        x, sigma = schedule.ddim_posterior(x0, eps, t, torch.full_like(t, steps[i + 1]), g, eta)
         if eta > 0:
-            x = x + sigma.to(x.dtype) * _noise_like(x, generator)
+            x = x + sigma * _noise_like(x, generator)
     return x
 
 

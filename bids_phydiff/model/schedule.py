@@ -14,6 +14,11 @@ Exact per-pixel alpha-bar without a per-pixel loop over t: with c_i = 1 - beta_i
 
 The inner sums are tabulated once (float64, (terms, T)); the series in g (<= gap < 0.5, and g / c_i is
 about 1e-3 by default) is cut where the remainder is below 1e-17, i.e. exact in float64.
+
+The diffusion maths lives here too, one method per formula, all per pixel: the forward process
+(:meth:`PhysicsSchedule.q_sample`), the conversions between x0, the noise eps and
+v = sqrt(abar) eps - sqrt(1 - abar) x0, what each objective regresses (:meth:`~PhysicsSchedule.loss_target`),
+the DDPM posterior q(x_{t-1} | x_t, x0) and the DDIM update. The samplers (:mod:`.sampling`) only loop.
 """
 
 from __future__ import annotations
@@ -25,16 +30,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import ScheduleConfig
+from .config import DIFFUSION_OBJECTIVES, ScheduleConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PhysicsSchedule", "interpolate_adc", "linear_betas"]
+__all__ = ["PhysicsSchedule", "clip_range", "interpolate_adc", "linear_betas"]
 
 
 def linear_betas(config: ScheduleConfig) -> Tensor:
     """The linear betas (T,), float64 on CPU."""
     return torch.linspace(config.beta_start, config.beta_end, config.num_steps, dtype=torch.float64)
+
+
+def clip_range(clip: float | tuple[float, float]) -> tuple[float, float]:
+    """(low, high) of an x0 clamp given as a bound c (-> (-c, c)) or a pair."""
+    if isinstance(clip, (tuple, list)):
+        return float(clip[0]), float(clip[1])
+    return -float(clip), float(clip)
 
 
 def _series_terms(config: ScheduleConfig) -> int:
@@ -111,6 +123,11 @@ class PhysicsSchedule:
 
     # ----------------------------------------------------------------------------------- per-pixel tables
 
+    @staticmethod
+    def _device(t: Tensor, g: Tensor | None) -> torch.device:
+        """Where the per-pixel tables are computed: g's device, else t's."""
+        return g.device if g is not None else torch.as_tensor(t).device
+
     def _index(self, t: Tensor, device: torch.device) -> Tensor:
         t = torch.as_tensor(t).long().reshape(-1)
         # checked only where it costs no device sync and no graph break
@@ -122,7 +139,7 @@ class PhysicsSchedule:
 
     def alpha_bar(self, t: Tensor, g: Tensor | None) -> Tensor:
         """alpha-bar_t(x) = prod_{i<=t} (1 - beta_i - g(x)); (B, 1, H, W), or (B, 1, 1, 1) when g is None."""
-        device = g.device if g is not None else torch.as_tensor(t).device
+        device = self._device(t, g)
         _, alpha_bars, series = self._tables(device)
         t = self._index(t, device)
         base = alpha_bars[t].reshape(-1, 1, 1, 1)
@@ -137,7 +154,7 @@ class PhysicsSchedule:
 
     def alpha_bar_prev(self, t: Tensor, g: Tensor | None) -> Tensor:
         """alpha-bar_{t-1}(x), with alpha-bar_{-1} = 1."""
-        device = g.device if g is not None else torch.as_tensor(t).device
+        device = self._device(t, g)
         t = self._index(t, device)
         prev = self.alpha_bar((t - 1).clamp(min=0), g)
         first = (t == 0).reshape(-1, 1, 1, 1)
@@ -145,19 +162,115 @@ class PhysicsSchedule:
 
     def beta(self, t: Tensor, g: Tensor | None) -> Tensor:
         """beta_t(x) = linear beta_t + g(x)."""
-        device = g.device if g is not None else torch.as_tensor(t).device
+        device = self._device(t, g)
         betas, _, _ = self._tables(device)
         base = betas[self._index(t, device)].reshape(-1, 1, 1, 1)
         return base if g is None else base + g
 
+    # ----------------------------------------------------------------------------------- diffusion maths
+    # x_t = a x0 + s eps with a = sqrt(abar_t(x)), s = sqrt(1 - abar_t(x)); images (B, 1, H, W) in any float
+    # dtype, t (B,) int64, g as above. Coefficients are computed in float64 and cast to the images' dtype.
+
+    def scales(self, t: Tensor, g: Tensor | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """a = sqrt(abar_t(x)) and s = sqrt(1 - abar_t(x)) in ``like``'s dtype, (B, 1, H, W) ((B, 1, 1, 1) when
+        g is None); ``t`` is moved to ``like``'s device."""
+        abar = self.alpha_bar(torch.as_tensor(t).to(like.device), g)
+        return abar.sqrt().to(like.dtype), (1.0 - abar).sqrt().to(like.dtype)
+
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor, g: Tensor | None) -> Tensor:
-        """x_t = sqrt(abar_t(x)) x0 + sqrt(1 - abar_t(x)) noise, coefficients float64 cast to x0's dtype."""
+        """x_t = sqrt(abar_t(x)) x0 + sqrt(1 - abar_t(x)) noise."""
         if x0.shape != noise.shape:
             raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} differ in shape")
-        abar = self.alpha_bar(t.to(x0.device), g)
-        a = abar.sqrt().to(x0.dtype)
-        s = (1.0 - abar).sqrt().to(x0.dtype)
+        a, s = self.scales(t, g, x0)
         return a * x0 + s * noise
+
+    def x0_from_eps(self, x_t: Tensor, t: Tensor, g: Tensor | None, eps: Tensor) -> Tensor:
+        """x0 = (x_t - s eps) / a."""
+        a, s = self.scales(t, g, x_t)
+        return (x_t - s * eps) / a
+
+    def eps_from_x0(self, x_t: Tensor, t: Tensor, g: Tensor | None, x0: Tensor) -> Tensor:
+        """eps = (x_t - a x0) / s."""
+        a, s = self.scales(t, g, x_t)
+        return (x_t - a * x0) / s
+
+    def velocity(self, x0: Tensor, eps: Tensor, t: Tensor, g: Tensor | None) -> Tensor:
+        """v = a eps - s x0, the v-prediction target."""
+        a, s = self.scales(t, g, x0)
+        return a * eps - s * x0
+
+    def eps_from_v(self, x_t: Tensor, t: Tensor, g: Tensor | None, v: Tensor) -> Tensor:
+        """eps = s x_t + a v (a^2 + s^2 = 1)."""
+        a, s = self.scales(t, g, x_t)
+        return s * x_t + a * v
+
+    def x0_from_v(self, x_t: Tensor, t: Tensor, g: Tensor | None, v: Tensor) -> Tensor:
+        """x0 = a x_t - s v."""
+        a, s = self.scales(t, g, x_t)
+        return a * x_t - s * v
+
+    def loss_target(self, objective: str, x0: Tensor, noise: Tensor, t: Tensor, g: Tensor | None) -> Tensor:
+        """What a network trained with ``objective`` (see :data:`~.config.DIFFUSION_OBJECTIVES`) regresses at x_t =
+        :meth:`q_sample` (x0, t, noise, g): x0, the noise, or v."""
+        if objective == "x0":
+            return x0
+        if objective == "eps":
+            return noise
+        if objective == "v":
+            return self.velocity(x0, noise, t, g)
+        raise ValueError(f"no diffusion target for objective {objective!r}; expected one of {DIFFUSION_OBJECTIVES}")
+
+    def predict_eps(self, objective: str, x_t: Tensor, t: Tensor, g: Tensor | None, out: Tensor) -> Tensor:
+        """The noise implied by the output ``out`` of a network trained with ``objective`` at x_t (``out``
+        itself for ``"eps"``)."""
+        if objective == "eps":
+            return out
+        if objective == "x0":
+            return self.eps_from_x0(x_t, t, g, out)
+        if objective == "v":
+            return self.eps_from_v(x_t, t, g, out)
+        raise ValueError(f"no noise prediction for objective {objective!r}; expected one of {DIFFUSION_OBJECTIVES}")
+
+    def predict_x0(
+        self, x_t: Tensor, t: Tensor, g: Tensor | None, eps: Tensor, clip: float | tuple[float, float] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x0 and eps for x_t and its noise ``eps``; with ``clip`` (see :func:`clip_range`) x0 is clamped and
+        eps made consistent with it."""
+        x0 = self.x0_from_eps(x_t, t, g, eps)
+        if clip is None:
+            return x0, eps
+        x0 = x0.clamp(*clip_range(clip))
+        return x0, self.eps_from_x0(x_t, t, g, x0)
+
+    def posterior(self, x_t: Tensor, x0: Tensor, t: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the DDPM posterior q(x_{t-1} | x_t, x0), per pixel, in x_t's dtype:
+
+        mean = sqrt(abar_{t-1}) beta_t / (1 - abar_t) x0 + sqrt(1 - beta_t) (1 - abar_{t-1}) / (1 - abar_t) x_t,
+        variance = beta_t (1 - abar_{t-1}) / (1 - abar_t), with beta_t = beta_t(x) and abar_{-1} = 1.
+        """
+        abar = self.alpha_bar(t, g)
+        abar_prev = self.alpha_bar_prev(t, g)
+        beta = self.beta(t, g)
+        c0 = (abar_prev.sqrt() * beta / (1.0 - abar)).to(x_t.dtype)
+        ct = ((1.0 - beta).sqrt() * (1.0 - abar_prev) / (1.0 - abar)).to(x_t.dtype)
+        variance = (beta * (1.0 - abar_prev) / (1.0 - abar)).to(x_t.dtype)
+        return c0 * x0 + ct * x_t, variance
+
+    def ddim_posterior(
+        self, x0: Tensor, eps: Tensor, t: Tensor, t_next: Tensor, g: Tensor | None, eta: float
+    ) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation sigma of x at the less noisy step ``t_next`` < ``t`` given x0 and eps
+        (DDIM; ``eta`` = 0 deterministic, 1 = the DDPM posterior's variance over the jump), in x0's dtype:
+
+        sigma = eta sqrt((1 - abar_next) / (1 - abar) (1 - abar / abar_next)),
+        mean = sqrt(abar_next) x0 + sqrt(1 - abar_next - sigma^2) eps.
+        """
+        abar = self.alpha_bar(t, g)
+        abar_next = self.alpha_bar(t_next, g)
+        sigma = eta * ((1.0 - abar_next) / (1.0 - abar) * (1.0 - abar / abar_next)).clamp_min(0.0).sqrt()
+        direction = (1.0 - abar_next - sigma**2).clamp_min(0.0).sqrt()
+        mean = abar_next.sqrt().to(x0.dtype) * x0 + direction.to(x0.dtype) * eps
+        return mean, sigma.to(x0.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
