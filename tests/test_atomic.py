@@ -31,3 +31,27 @@ def test_stale_temporaries_are_removed_below_the_root_only(tmp_path):
     assert [p.name for p in removed] == [".x_dwi.ab12.tmp.nii.gz"]
     assert sorted(p.name for p in mine.iterdir()) == ["x_dwi.nii.gz"]
     assert (other / ".x_dwi.ab12.tmp.nii.gz").exists()  # another job's subject: untouched
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o002])
+def test_outputs_are_readable_as_the_umask_allows_not_private(tmp_path, umask):
+    """A shared HPC output folder: the derivatives and model folders get 0666/0777 less the umask, as a plain
+    open()/mkdir() would, not tempfile's private 0600/0700."""
+    import os
+    import stat
+
+    from bids_phydiff.atomic import current_umask, replace_dir, staging_dir
+
+    previous = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        target = tmp_path / "sub-01" / "x_dwi.json"
+        with atomic_path(target) as tmp:
+            tmp.write_text("{}")
+        staging = staging_dir(tmp_path, prefix=".model-a.")
+        (staging / "config.json").write_text("{}")
+        folder = replace_dir(staging, tmp_path / "model-a")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -32,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..atomic import replace_dir
+from ..atomic import replace_dir, staging_dir
 from .config import PhyDiffConfig
 from .device import resolve_device
 from .phydiff import PhyDiff
@@ -147,7 +146,7 @@ def save_bundle(
     if any(b <= a for a, b in zip(shells, shells[1:])):
         raise ValueError(f"b_shells must be strictly increasing, got {shells}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = staging_dir(target.parent, prefix=f".{target.name}.")
     try:
         tensors = _state_for_saving(model)
         weights = staging / WEIGHTS_FILE

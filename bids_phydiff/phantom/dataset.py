@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from ..atomic import staging_dir
 from ..errors import OutputError
 from ..prep.gradients import GradientTable, multishell_scheme, write_fsl
 from .anatomy import HEAD_SEMI_AXES, tissue_fractions
@@ -174,7 +174,7 @@ def generate(out_dir: str | Path, config: PhantomConfig | None = None, *, overwr
     _prepare_target(out_dir, overwrite)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+        work = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial")
     except OSError as exc:
         raise OutputError(f"{out_dir}: cannot write there ({exc})") from None
     try:

@@ -19,7 +19,6 @@ import json
 import logging
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import replace_dir
+from ..atomic import replace_dir, staging_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, ema: nn.Module, o
     optim_tensors, optim_meta = _flat_optimizer(optimizer)
     tensors.update({k: v.detach().to("cpu").contiguous().clone() for k, v in optim_tensors.items()})
     record = {"format_version": FORMAT_VERSION, **state, "step": int(step), "optimizer": optim_meta}
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder))
+    staging = staging_dir(folder, prefix=f".{target.name}.")
     try:
         save_file(tensors, str(staging / TENSORS_FILE))
         with open(staging / STATE_FILE, "w", encoding="utf-8") as handle:

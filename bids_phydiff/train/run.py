@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .. import __version__
-from ..atomic import replace_dir
+from ..atomic import replace_dir, staging_dir
 from ..bids.prepared import PreparedRun
 from ..errors import InputDataError, NoInputError, OutputError
 from ..model.bundle import (
@@ -274,7 +273,7 @@ def write_bundle(out_dir: Path, loop: LoopResult, grid_spec: GridSpec, shells: n
     ``tract_atlas.nii.gz`` so that synthesis conditions on exactly the same channels.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    staging = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.", suffix=".partial")
     try:
         folder = save_bundle(staging / out_dir.name, loop.ema, grid=grid_spec, b_shells=[float(b) for b in shells],
                              normalisation=normalisation_record(), metadata=bundle_meta)
