@@ -5,7 +5,9 @@ Libraries keep caches under HOME (matplotlib's font list, deno's code cache behi
 TemplateFlow's default home, torch and triton caches). :func:`harden_environment` points each of them at a
 private folder under TMPDIR when its default place is not writable, so the run writes only to the output
 dir, the work dir and TMPDIR. A variable that is already set is never changed: the user's (or the
-image's) choice wins. It also switches off nipype's version check, a network call made by every new
+image's) choice wins. The one exception is an ``MPLCONFIGDIR`` that cannot be written (an image's
+prebuilt folder under ``docker run --read-only``): matplotlib cannot use it, so it moves to the private
+folder and takes the prebuilt font list along, so no worker rebuilds it. It also switches off nipype's version check, a network call made by every new
 process that creates an interface (an offline node would wait for it to time out).
 """
 
@@ -68,6 +70,19 @@ def _default_config_home(environ) -> Path:
     return Path(value) if value else _home(environ) / ".config"
 
 
+def _seed_font_cache(seed: Path, target: Path) -> None:
+    """Copy matplotlib's prebuilt font list (``fontlist-v*.json``) from ``seed`` into ``target``."""
+    import shutil
+
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for font_list in seed.glob("fontlist-v*.json"):
+            if not (target / font_list.name).exists():
+                shutil.copyfile(font_list, target / font_list.name)
+    except OSError as exc:
+        LOGGER.debug("matplotlib font list not copied from %s: %s", seed, exc)
+
+
 def harden_environment(environ=None) -> dict[str, str]:
     """Redirect caches whose default place is not writable; return the variables this call set.
 
@@ -91,8 +106,15 @@ def harden_environment(environ=None) -> dict[str, str]:
     wanted: dict[str, str] = {}  # variable -> sub-folder of the private dir
     if "XDG_CACHE_HOME" not in env and not _writable(cache_home):
         wanted["XDG_CACHE_HOME"] = "cache"
-    if "MPLCONFIGDIR" not in env and not _writable(_default_config_home(env) / "matplotlib"):
-        wanted["MPLCONFIGDIR"] = "matplotlib"
+    mpl_seed = None
+    if "MPLCONFIGDIR" in env and not _writable(Path(env["MPLCONFIGDIR"])):
+        mpl_seed = Path(env.pop("MPLCONFIGDIR"))
+    if "MPLCONFIGDIR" not in env:
+        mpl_default = _default_config_home(env) / "matplotlib"
+        if not _writable(mpl_default):
+            wanted["MPLCONFIGDIR"] = "matplotlib"
+        elif mpl_seed is not None:
+            set_default("MPLCONFIGDIR", str(mpl_default))
     if "TRITON_CACHE_DIR" not in env and not _writable(home / ".triton" / "cache"):
         wanted["TRITON_CACHE_DIR"] = "triton"
     if TEMPLATEFLOW_HOME not in env:
@@ -111,6 +133,11 @@ def harden_environment(environ=None) -> dict[str, str]:
         else:
             for name, sub in wanted.items():
                 set_default(name, str(private / sub))
+    if mpl_seed is not None:
+        if "MPLCONFIGDIR" in changed:
+            _seed_font_cache(mpl_seed, Path(changed["MPLCONFIGDIR"]))
+        else:
+            env["MPLCONFIGDIR"] = str(mpl_seed)  # nowhere better: leave the user's value as it was
     for name, value in changed.items():
         LOGGER.debug("environment: %s=%s", name, value)
     return changed
