@@ -110,6 +110,7 @@ COPY . /tmp/bids_phydiff/src
 RUN pip install --no-cache-dir --no-deps /tmp/bids_phydiff/src \
  && pip check \
  && install -m 0755 /tmp/bids_phydiff/src/run.py /opt/bids_phydiff/run.py \
+ && cp -r /tmp/bids_phydiff/src/configs /opt/bids_phydiff/configs && chmod -R a+rX,go-w /opt/bids_phydiff/configs \
  && rm -rf /tmp/bids_phydiff
 
 # Any UID may run this image (docker run -u, apptainer): HOME is writable by all, and matplotlib's font

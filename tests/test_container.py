@@ -325,6 +325,13 @@ def test_fetch_templates_check_loads_every_template_offline():
     assert proc.stdout.count("offline:") == 3
 
 
+def test_the_shipped_training_configs_are_in_the_image():
+    """``--train-config /opt/bids_phydiff/configs/ddpm.yml`` (README) must exist in the image."""
+    runs = " ".join(i["value"] for i in _parser().structure if i["instruction"] == "RUN")
+    assert "cp -r /tmp/bids_phydiff/src/configs /opt/bids_phydiff/configs" in runs
+    assert sorted(p.name for p in (REPO / "configs").glob("*.yml"))  # what it copies
+
+
 def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
     patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
                 if line.strip() and not line.startswith("#")]
@@ -359,7 +366,8 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
         return result
 
     needed = ["setup.cfg", "pyproject.toml", "README.md", "requirements.lock", "run.py",
-              "docker/fetch_templates.py", "bids_phydiff/__init__.py", "bids_phydiff/cli/run.py"]
+              "docker/fetch_templates.py", "bids_phydiff/__init__.py", "bids_phydiff/cli/run.py",
+              "configs/phydiff.yml", "configs/ddpm.yml"]
     for path in needed:
         assert not ignored(path), f"{path} is needed by the build but .dockerignore drops it"
     for path in [".venv/bin/python", ".git/config", "work/x", "demo/bids/x",
