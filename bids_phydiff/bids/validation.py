@@ -10,12 +10,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import PhydiffError, ValidationFailed
+from ..errors import NoInputError, PhydiffError, ValidationFailed
 
 LOGGER = logging.getLogger(__name__)
 
 VALIDATOR = "bids-validator-deno"
 SHOWN_ERRORS = 10
+UNREADABLE = "FILE_READ"
+"""The validator's code for a file it could not read (permissions, a broken link)."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ def _concerns(issue: Issue, subjects: set[str] | None) -> bool:
 
 
 def validate(bids_dir: Path, subjects: list[str] | tuple[str, ...] | None = None) -> list[Issue]:
-    """Validate; raise :class:`ValidationFailed` listing the first errors that concern ``subjects``.
+    """Validate; raise :class:`ValidationFailed` listing the first errors that concern ``subjects``, or
+    :class:`NoInputError` (66) when some of those are files the validator could not read.
 
     Errors in other subjects' files are logged but do not stop a run restricted to healthy subjects.
     Returns the warnings.
@@ -106,6 +109,10 @@ def validate(bids_dir: Path, subjects: list[str] | tuple[str, ...] | None = None
     warnings = [i for i in issues if i.severity == "warning"]
     if warnings:
         LOGGER.info("%s: %d validator warning(s), e.g. %s", bids_dir, len(warnings), warnings[0])
+    unreadable = [i for i in blocking if i.code == UNREADABLE]
+    if unreadable:
+        names = ", ".join(str(Path(bids_dir) / i.location.lstrip("/")) for i in unreadable[:SHOWN_ERRORS])
+        raise NoInputError(f"{bids_dir}: {VALIDATOR} cannot read {names} ({unreadable[0].message})")
     if blocking:
         shown = "\n  ".join(str(i) for i in blocking[:SHOWN_ERRORS])
         more = f"\n  ... and {len(blocking) - SHOWN_ERRORS} more" if len(blocking) > SHOWN_ERRORS else ""

@@ -11,12 +11,15 @@ import sys
 from pathlib import Path
 
 from .. import __version__
+from ..config import DEFAULT_RESOLUTION, SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_STEPS, SAMPLER_STRENGTH
 from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE
+from ..spaces import DEFAULT_TEMPLATE, XTRACT_TEMPLATE
 
 LEVELS = ("participant", "group")
 
-DEFAULT_TEMPLATE = "MNI152NLin6Asym"
-DEFAULT_RESOLUTION = 2.0
+MAX_SEED = 2**32 - 1
+"""Largest ``--seed``: numpy's seed range; the training's per-step generators (train/batches.py) derive
+seeds from it that stay below torch's 2**64."""
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -50,6 +53,16 @@ def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return number
+
+
+def _seed(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed (an integer from 0 to {MAX_SEED})")
     return number
 
 
@@ -171,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument(
         "--stop-on-first-crash", dest="stop_on_first_crash", action="store_true", help="stop at the first failed node"
     )
-    perf.add_argument("--seed", type=int, default=0, help="random seed (same seed + inputs = same outputs on a device)")
+    perf.add_argument("--seed", type=_seed, default=0,
+                      help="random seed (same seed + inputs = same outputs on a device)")
     perf.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],
@@ -183,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     space.add_argument(
         "--template",
         default=DEFAULT_TEMPLATE,
-        help="TemplateFlow template (MNI152NLin6Asym is the space of the XTRACT atlas; MNI305 is the paper's)",
+        help=f"TemplateFlow template ({XTRACT_TEMPLATE} is the space of the XTRACT atlas; MNI305 is the paper's)",
     )
     space.add_argument(
         "--output-resolution",
@@ -233,11 +247,13 @@ def _strength(value: str) -> float:
 
 
 # Options of one level only; set at the other level they stop the run with a clear message
-# (cli.config.build_config). Their defaults (None) are resolved there.
+# (cli.options.build_config). Their defaults (None) are resolved there, from bids_phydiff.config.
 TRAIN_OPTIONS: list[tuple[str, dict]] = [
     ("--train-config", dict(dest="train_config", metavar="NAME|FILE",
                             help="training preset (paper, small, tiny) or a YAML/JSON file; default: paper")),
-    ("--max-steps", dict(dest="max_steps", type=_positive_int, help="training steps (overrides the config)")),
+    ("--max-steps", dict(dest="max_steps", type=_positive_int,
+                         help="steps of the backbone stage (overrides the training config; the adapter stage "
+                              "adds its own adapter_steps)")),
     ("--val-subjects", dict(dest="val_subjects", nargs="+", type=_label_list, metavar="LABEL",
                             help="held-out subjects for the validation loss (default: 20%% of subjects when >= 3)")),
     ("--model-label", dict(dest="model_label", type=_label_list, help="write output_dir/models/model-<label> "
@@ -256,12 +272,16 @@ SYNTH_OPTIONS: list[tuple[str, dict]] = [
                              help="synthesise these shells (s/mm^2, e.g. 1000,2000,3000) instead of a scheme")),
     ("--target-directions", dict(dest="target_directions", type=_positive_int,
                                  help="uniformly spread directions per shell with --target-shells (default 30)")),
-    ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"], help="reverse diffusion sampler (default ddim)")),
-    ("--steps", dict(dest="steps", type=_positive_int, help="DDIM steps (default 50; DDPM always takes 1000)")),
-    ("--eta", dict(dest="eta", type=_eta, help="DDIM noise: 0 = deterministic, 1 = as much as DDPM (default 1; "
-                                               "measured: eta 0 drifts to a biased intensity, see docs/evaluation.md)")),
+    ("--sampler", dict(dest="sampler", choices=["ddpm", "ddim"],
+                       help=f"reverse diffusion sampler (default {SAMPLER_METHOD})")),
+    ("--steps", dict(dest="steps", type=_positive_int,
+                     help=f"DDIM steps (default {SAMPLER_STEPS}; DDPM takes every step from the SDEdit start)")),
+    ("--eta", dict(dest="eta", type=_eta, help=f"DDIM noise: 0 = deterministic, 1 = as much as DDPM (default "
+                                               f"{SAMPLER_ETA:g}; measured: eta 0 drifts to a biased intensity, "
+                                               "see docs/evaluation.md)")),
     ("--strength", dict(dest="strength", type=_strength,
-                        help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise (default 0.8)")),
+                        help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise "
+                             f"(default {SAMPLER_STRENGTH:g})")),
     ("--samples", dict(dest="samples", type=_positive_int,
                        help="independent samples per volume: the mean is written, and the standard deviation "
                             "as an uncertainty map when > 1 (default 1)")),

@@ -15,7 +15,8 @@ import time
 
 from .. import __version__
 from ..errors import EXIT_FAILURE, EXIT_OK, PhydiffError
-from .config import RunConfig, build_config
+from ..config import RunConfig
+from .options import build_config, file_error
 from .parser import parse_args
 
 LOGGER = logging.getLogger("bids_phydiff")
@@ -55,10 +56,12 @@ def _limit_threads(config: RunConfig) -> None:
 
 def run(config: RunConfig) -> None:
     """Validate, discover, check and run one level. Raises :class:`PhydiffError` on user errors."""
-    from ..bids.checks import check_runs
+    from ..bids.checks import check_dataset, check_runs
     from ..bids.layout import discover, open_layout
     from ..bids.validation import validate
 
+    if config.analysis_level == "participant" or not config.skip_bids_validation:
+        check_dataset(config.bids_dir)  # before the validator and pybids read it
     if not config.skip_bids_validation:
         validate(config.bids_dir, config.participant_label or None)
     else:
@@ -119,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         LOGGER.error("terminated (SIGTERM); no partial output was left in %s", args.output_dir)
         return 143
+    except OSError as exc:  # on a file the user named: that file's code; elsewhere a bug
+        error = file_error(exc, args)
+        if error is None:
+            LOGGER.exception("bids_phydiff failed unexpectedly; please report this with the log above")
+            return EXIT_FAILURE
+        LOGGER.error("%s", error)
+        return error.exit_code
     except Exception:  # an unexpected failure is a bug: keep the trace in the log
         LOGGER.exception("bids_phydiff failed unexpectedly; please report this with the log above")
         return EXIT_FAILURE

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_STEPS, SAMPLER_STRENGTH
 from ..errors import InputDataError
 from ..model.bundle import ADC_ATLAS_FILE, TRACT_ATLAS_FILE
 from ..model.sampling import SamplerConfig
@@ -66,13 +67,8 @@ def bundle_conditions(bundle) -> BundleConditions:
     return BundleConditions(atlas, shells, tracts)
 
 
-DDIM_ETA = 1.0
-"""The app's default DDIM noise. Measured on a phantom bundle of the tiny preset (1000 steps), 4 slices x
-b = 1000..3000, RMSE to the target in normalised units: DDIM 50 with eta 0 0.31 (its intensities drift up),
-eta 1 0.08, ancestral DDPM over 800 steps 0.08 in 15x the time; DDIM 20 with eta 1 0.12."""
-
-
-def app_sampler(method: str = "ddim", steps: int = 50, strength: float = 0.8, eta: float = DDIM_ETA) -> SamplerConfig:
+def app_sampler(method: str = SAMPLER_METHOD, steps: int = SAMPLER_STEPS, strength: float = SAMPLER_STRENGTH,
+                eta: float = SAMPLER_ETA) -> SamplerConfig:
     """The app's sampler: ``method`` ``ddpm``/``ddim``, DDIM ``steps`` and ``eta``, SDEdit ``strength`` in
     (0, 1] (1 = start from pure noise), predicted x0 clamped to :data:`CLIP_X0`."""
     return SamplerConfig(method=method, steps=steps, eta=eta, clip_x0=CLIP_X0,

@@ -292,7 +292,7 @@ class Trainer:
         val0 = self.validate("backbone")
         self.history.append({"step": 0, "stage": "backbone", "lr": math.nan, "train_loss": math.nan,
                              "val_loss": val0})
-        if self.world.is_main:
+        if self.world.is_main and self.val_set is not None:
             LOGGER.info("initial validation loss %.5f", val0)
         return 0
 
@@ -335,8 +335,8 @@ class Trainer:
             if (cfg.val_every and count % cfg.val_every == 0) or count == stage_end:
                 val = self.validate(stage)
                 if self.world.is_main:
-                    LOGGER.info("step %d (%s): train loss %.5f, validation loss %.5f, lr %.3g",
-                                count, stage, train_loss, val, lr)
+                    LOGGER.info("step %d (%s): train loss %.5f, %s, lr %.3g", count, stage, train_loss,
+                                "no validation set" if self.val_set is None else f"validation loss {val:.5f}", lr)
             self.history.append({"step": count, "stage": stage, "lr": lr, "train_loss": train_loss, "val_loss": val})
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.4f}", lr=f"{lr:.2e}", refresh=False)

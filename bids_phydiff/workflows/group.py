@@ -15,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bids.prepared import PreparedRun, find_prepared
+from ..config import RunConfig
 from ..errors import EmptySelectionError, InputDataError, NoInputError, UsageError
 from ..model.bundle import GridSpec
 from ..prep.grid import same_grid
@@ -83,9 +84,9 @@ def find_tract_atlas(given: Path | None, use: bool, template: str, home: Path | 
     return None
 
 
-def run_group(config) -> Path | None:
+def run_group(config: RunConfig) -> Path | None:
     """Train ``output_dir/models/model-<label>`` from the prepared runs; ``config`` is the run's
-    ``cli.config.RunConfig``. Returns the bundle folder (None on torchrun ranks other than 0)."""
+    :class:`~bids_phydiff.config.RunConfig`. Returns the bundle folder (None on torchrun ranks other than 0)."""
     from ..prep.template_files import templateflow_home
     from ..prep.templates import load_template
     from ..prep.tracts import load_tract_atlas

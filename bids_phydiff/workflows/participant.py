@@ -12,17 +12,18 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..bids.checks import CheckedRun
-from ..bids.derivatives import bids_uri, init_output_dir, resampled_sidecar, space_metadata
+from ..bids.derivatives import init_output_dir
+from ..config import RunConfig
 from ..prep.templates import TemplateGrid
 from .execution import run_workflow
 from .interfaces import (
     B0Reference,
     BrainMask,
-    DerivativesSink,
     RegisterB0,
     RegisterT1wToTemplate,
     RegistrationFigures,
@@ -31,6 +32,7 @@ from .interfaces import (
     SubjectReport,
     WriteTransforms,
 )
+from .outputs import init_dwi_derivatives_wf, registration_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,19 +61,54 @@ def _same_session(run: CheckedRun) -> bool:
     return t1w is not None and ((session is None and "ses-" not in t1w.name) or f"ses-{session}_" in t1w.name)
 
 
-def init_t1w_wf(t1w: Path, grid: TemplateGrid, settings: PrepareSettings, name: str = "t1w_wf"):
-    """T1w -> template (affine + SyN) and the T1w's brain.
+def _series_gb(run: CheckedRun, grid: TemplateGrid) -> float:
+    """Memory (GB) to resample a run's series: the float32 input and two copies of the template-grid
+    output (the array and the one being written), plus the interpreter, ITK and nibabel."""
+    n = run.shape[3] if len(run.shape) > 3 else 1
+    voxels_in = int(np.prod(run.shape[:3])) * n
+    voxels_out = int(np.prod(grid.shape)) * n
+    return round(REGISTRATION_GB / 2 + 4 * (voxels_in + 2 * voxels_out) / 1e9, 2)
 
-    Outputs (``outputnode``): ``chain`` (JSON of the T1w -> template TransformChain), ``brain`` (T1w times
-    the brain mask), ``t1w_template`` (the T1w resampled into the template, for the report).
+
+REGISTRATION_GB = 1.0
+"""Memory (GB) of one antspyx registration at the grids used here (SyN of a 2 mm template, ~0.3 GB
+measured at 64x64x40; the margin covers 1 mm templates). Nipype's MultiProc and cluster plugins schedule
+by this ``mem_gb``."""
+
+
+def init_t1w_wf(t1w: Path, grid: TemplateGrid, settings: PrepareSettings, name: str = "t1w_wf") -> pe.Workflow:
+    """Register a T1w to the template (affine + SyN) and resample it there.
+
+    Parameters
+    ----------
+    t1w
+        The T1w image of the input dataset.
+    grid
+        The template grid.
+    settings
+        Threads and seed of the registration.
+
+    Inputs
+    ------
+    None (the T1w is a parameter).
+
+    Outputs
+    -------
+    chain
+        JSON of the T1w -> template :class:`~bids_phydiff.prep.transforms.TransformChain`.
+    brain
+        The T1w times its brain mask (the target of the b0 -> T1w registration).
+    t1w_template
+        The T1w resampled into the template, for the report.
     """
     wf = pe.Workflow(name=name)
     outputnode = pe.Node(niu.IdentityInterface(["chain", "brain", "t1w_template"]), name="outputnode")
     register = pe.Node(RegisterT1wToTemplate(t1w=str(t1w), grid=grid.to_dict(), threads=settings.threads,
-                                             seed=settings.seed), name="register", n_procs=settings.threads)
+                                             seed=settings.seed), name="register", n_procs=settings.threads,
+                       mem_gb=REGISTRATION_GB)
     xfm = pe.Node(WriteTransforms(threads=settings.threads), name="transforms")
     warp = pe.Node(Resample(in_file=str(t1w), grid=grid.to_dict(), threads=settings.threads), name="resample",
-                   n_procs=settings.threads)
+                   n_procs=settings.threads, mem_gb=REGISTRATION_GB / 2)
     wf.connect([
         (register, xfm, [("out_chain", "in_chain")]),
         (xfm, warp, [("forward", "transform")]),
@@ -82,12 +119,30 @@ def init_t1w_wf(t1w: Path, grid: TemplateGrid, settings: PrepareSettings, name: 
 
 
 def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSettings, with_t1w: bool,
-                     name: str | None = None):
-    """Prepare one DWI run: b0 reference, brain mask, registration, one resampling, rotated bvecs.
+                     name: str | None = None) -> pe.Workflow:
+    """Prepare one DWI run: b0 reference, brain mask, registration, one resampling, rotated b-vectors,
+    derivatives (:func:`.outputs.init_dwi_derivatives_wf`) and the run's report figures.
 
-    Inputs (``inputnode``, only ``with_t1w``): ``t1w_brain``, ``t1w_chain``, ``t1w_template``.
-    Writes the derivatives of DESIGN.md section 5 for the run. Outputs (``outputnode``): ``figures``,
-    ``titles``, ``captions`` (lists, for the subject's report).
+    Parameters
+    ----------
+    run
+        The checked DWI run (its gradients and shape are known).
+    grid
+        The template grid to resample onto.
+    settings
+        Where inputs and outputs live, threads, seed, b0 threshold.
+    with_t1w
+        Register the b0 through the subject's T1w (the inputs below are then connected).
+
+    Inputs
+    ------
+    t1w_brain, t1w_chain, t1w_template
+        From :func:`init_t1w_wf` (only ``with_t1w``).
+
+    Outputs
+    -------
+    figures, titles, captions
+        Lists of the run's registration figures, for the subject's report.
     """
     dwi = run.run
     wf = pe.Workflow(name=name or "dwi_" + _identifier(dwi.prefix.split("_", 1)[1] if "_" in dwi.prefix else "run")
@@ -97,18 +152,20 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     threads, g = settings.threads, grid.to_dict()
 
     b0ref = pe.Node(B0Reference(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval), threshold=settings.b0_threshold),
-                    name="b0_reference")
+                    name="b0_reference", mem_gb=_series_gb(run, grid) / 2)
     mask = pe.Node(BrainMask(), name="brain_mask")
     init = "identity" if _same_session(run) else "center_of_mass"
     register = pe.Node(RegisterB0(grid=g, threads=threads, seed=settings.seed, init=init), name="register",
-                       n_procs=threads)
+                       n_procs=threads, mem_gb=REGISTRATION_GB)
     xfm = pe.Node(WriteTransforms(threads=threads), name="transforms")
     resample_dwi = pe.Node(Resample(in_file=str(dwi.dwi), grid=g, threads=threads), name="resample_dwi",
-                           n_procs=threads)
+                           n_procs=threads, mem_gb=_series_gb(run, grid))
     resample_b0 = pe.Node(Resample(grid=g, threads=threads), name="resample_b0")
     resample_mask = pe.Node(Resample(grid=g, mask=True, threads=threads), name="resample_mask")
     gradients = pe.Node(ReorientGradients(in_bval=str(dwi.bval), in_bvec=str(dwi.bvec), source_image=str(dwi.dwi)),
                         name="reorient_gradients")
+    derivatives = init_dwi_derivatives_wf(run, grid, settings.bids_dir, settings.output_dir, settings.b0_threshold,
+                                          with_t1w)
     wf.connect([
         (b0ref, mask, [("out_file", "in_file")]),
         (b0ref, register, [("out_file", "b0")]),
@@ -121,54 +178,17 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
         (mask, resample_mask, [("out_file", "in_file")]),
         (xfm, gradients, [("forward", "transform")]),
         (resample_dwi, gradients, [("out_file", "target_image")]),
+        (resample_dwi, derivatives, [("out_file", "inputnode.dwi")]),
+        (gradients, derivatives, [("out_bval", "inputnode.bval"), ("out_bvec", "inputnode.bvec")]),
+        (resample_b0, derivatives, [("out_file", "inputnode.dwiref")]),
+        (resample_mask, derivatives, [("out_file", "inputnode.mask")]),
+        (xfm, derivatives, [("forward", "inputnode.forward"), ("inverse", "inputnode.inverse")]),
     ])
     if with_t1w:
         wf.connect([(inputnode, register, [("t1w_brain", "t1w_brain"), ("t1w_chain", "t1w_chain")])])
 
-    # derivatives
-    space = {"space": grid.name, "res": grid.res_label}
-    sources = [bids_uri(p, settings.bids_dir) for p in (dwi.dwi, dwi.bval, dwi.bvec)]
-    spatial = space_metadata(grid.name, grid.resolution_mm, grid.t1w)
-    path = "b0 -> T1w (rigid), T1w -> template (affine + SyN)" if with_t1w else "b0 -> template (affine + SyN)"
-    if with_t1w:
-        sources.append(bids_uri(dwi.t1w, settings.bids_dir))
-    dwi_meta = resampled_sidecar(dwi.sidecar, {
-        "SkullStripped": False,
-        "Sources": sources,
-        **spatial,
-        "Description": f"All volumes resampled once into {grid.name} at {grid.resolution_mm:g} mm ({path}); "
-                       "b-vectors rotated by the linear part and given in the FSL convention of this image.",
-    })
-
-    def sink(name, suffix, extension, entities, metadata=None):
-        node = pe.Node(DerivativesSink(source_file=str(dwi.dwi), output_dir=str(settings.output_dir), suffix=suffix,
-                                       extension=extension, entities=entities, metadata=metadata or {}),
-                       name=name, run_without_submitting=True)
-        return node
-
-    ds_dwi = sink("ds_dwi", "dwi", ".nii.gz", {**space, "desc": "preproc"}, dwi_meta)
-    ds_bval = sink("ds_bval", "dwi", ".bval", {**space, "desc": "preproc"})
-    ds_bvec = sink("ds_bvec", "dwi", ".bvec", {**space, "desc": "preproc"})
-    ds_ref = sink("ds_dwiref", "dwiref", ".nii.gz", space,
-                  {"SkullStripped": False, "Sources": sources[:2], **spatial,
-                   "Description": f"Mean of the volumes with b <= {settings.b0_threshold:g} s/mm^2"})
-    ds_mask = sink("ds_mask", "mask", ".nii.gz", {**space, "desc": "brain"},
-                   {"Type": "Brain", "Sources": sources[:2], **spatial})
-    ds_fwd = sink("ds_xfm_forward", "xfm", ".h5", {"from": "dwi", "to": grid.name, "mode": "image"},
-                  {"Sources": sources[:1], "Description": path})
-    ds_inv = sink("ds_xfm_inverse", "xfm", ".h5", {"from": grid.name, "to": "dwi", "mode": "image"},
-                  {"Sources": sources[:1], "Description": f"inverse of: {path}"})
-    wf.connect([
-        (resample_dwi, ds_dwi, [("out_file", "in_file")]),
-        (gradients, ds_bval, [("out_bval", "in_file")]),
-        (gradients, ds_bvec, [("out_bvec", "in_file")]),
-        (resample_b0, ds_ref, [("out_file", "in_file")]),
-        (resample_mask, ds_mask, [("out_file", "in_file")]),
-        (xfm, ds_fwd, [("forward", "in_file")]),
-        (xfm, ds_inv, [("inverse", "in_file")]),
-    ])
-
-    figures = pe.Node(RegistrationFigures(run_name=dwi.prefix, grid=g, path=path), name="figures")
+    figures = pe.Node(RegistrationFigures(run_name=dwi.prefix, grid=g, path=registration_path(with_t1w)),
+                      name="figures")
     wf.connect([
         (b0ref, figures, [("out_file", "b0_native")]),
         (mask, figures, [("out_file", "mask_native")]),
@@ -180,10 +200,29 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     return wf
 
 
-def init_participant_wf(subject: str, runs: list[CheckedRun], grid: TemplateGrid, settings: PrepareSettings):
-    """All DWI runs of one subject (every session), and its report ``output_dir/sub-<subject>.html``.
+def init_participant_wf(subject: str, runs: list[CheckedRun], grid: TemplateGrid, settings: PrepareSettings
+                        ) -> pe.Workflow:
+    """All DWI runs of one subject (every session) and its report.
 
-    Each distinct T1w is registered to the template once and shared by the runs paired with it.
+    Each distinct T1w is registered to the template once (:func:`init_t1w_wf`) and shared by the runs paired
+    with it; each run is one :func:`init_dwi_prep_wf`.
+
+    Parameters
+    ----------
+    subject
+        The label, without ``sub-``.
+    runs
+        The subject's checked DWI runs.
+    grid, settings
+        As for :func:`init_dwi_prep_wf`.
+
+    Inputs
+    ------
+    None.
+
+    Outputs
+    -------
+    None: the runs' derivatives and ``output_dir/sub-<subject>.html``.
     """
     wf = pe.Workflow(name=f"sub_{_identifier(subject)}_wf")
     t1w_wfs = {}
@@ -214,8 +253,8 @@ def init_participant_wf(subject: str, runs: list[CheckedRun], grid: TemplateGrid
     return wf
 
 
-def run_participant(config, checked: list[CheckedRun]) -> None:
-    """Prepare every checked run; ``config`` is the run's configuration (``cli.config.RunConfig``).
+def run_participant(config: RunConfig, checked: list[CheckedRun]) -> None:
+    """Prepare every checked run with the run's configuration.
 
     The template is resolved before any workflow is built, so a template missing offline fails at once.
     """
