@@ -7,6 +7,8 @@ The shared data (real DWI, the XTRACT atlas, an offline TemplateFlow home) sits 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,24 @@ def write_tiny_dataset(root: Path, subjects=("01",), shape=(8, 8, 4), bvals=(0, 
 def tiny_bids(tmp_path) -> Path:
     """A fresh tiny valid BIDS dataset (sub-01, sub-02 with T1w) per test."""
     return write_tiny_dataset(tmp_path / "bids", subjects=("01", "02"))
+
+
+PHANTOM_OPTIONS = ["--template", "Phantom", "--output-resolution", "4", "--skip-bids-validation"]
+"""The participant-level options that prepare a phantom on its own template at 4 mm."""
+
+
+@pytest.fixture(scope="session")
+def phantom_2sub(tmp_path_factory):
+    """A 2-subject phantom at 4 mm with its TemplateFlow home (read only by the tests that share it)."""
+    from bids_phydiff.phantom import PhantomConfig, generate
+
+    return generate(tmp_path_factory.mktemp("phantom2") / "bids", PhantomConfig(subjects=2, resolution=4.0, seed=1))
+
+
+def start_app(args: list, templateflow_home: Path, **popen) -> subprocess.Popen:
+    """Start ``run.py`` with ``args`` as a subprocess (its own session, so that a test can signal the whole
+    process group as a scheduler does); stdout and stderr go to one text pipe unless ``popen`` says otherwise."""
+    env = dict(os.environ, TEMPLATEFLOW_HOME=str(templateflow_home))
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
+    return subprocess.Popen([sys.executable, str(REPO / "run.py"), *map(str, args)], env=env,
+                            start_new_session=True, **popen)

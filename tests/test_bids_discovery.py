@@ -101,3 +101,21 @@ def test_filename_entities_and_derivative_names(sessions_dataset, tmp_path):
     assert name == "sub-01_ses-1_run-2_space-MNI152NLin6Asym_res-2_desc-preproc_dwi.nii.gz"
     xfm = derivative_name(run, "xfm", ".h5", from_="dwi", to="MNI152NLin6Asym", mode="image")
     assert xfm == "sub-01_ses-1_run-2_from-dwi_to-MNI152NLin6Asym_mode-image_xfm.h5"
+
+
+def test_sources_of_a_subject_linked_in_from_elsewhere_name_its_place_in_the_dataset(tmp_path):
+    """Datasets assembled from links (a subject folder from another study, git-annex files) keep BIDS URIs
+    relative to the dataset root, not to where the bytes are."""
+    from bids_phydiff.bids.derivatives import bids_uri
+
+    elsewhere = tmp_path / "store" / "sub-07" / "dwi"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "sub-07_dwi.nii.gz").write_bytes(b"")
+    dataset = tmp_path / "bids"
+    dataset.mkdir()
+    (dataset / "sub-07").symlink_to(tmp_path / "store" / "sub-07", target_is_directory=True)
+    assert bids_uri(dataset / "sub-07" / "dwi" / "sub-07_dwi.nii.gz", dataset) == "bids:raw:sub-07/dwi/sub-07_dwi.nii.gz"
+    annexed = dataset / "sub-08" / "dwi"
+    annexed.mkdir(parents=True)
+    (annexed / "sub-08_dwi.nii.gz").symlink_to(elsewhere / "sub-07_dwi.nii.gz")
+    assert bids_uri(annexed / "sub-08_dwi.nii.gz", dataset) == "bids:raw:sub-08/dwi/sub-08_dwi.nii.gz"

@@ -135,7 +135,14 @@ def init_output_dir(output_dir: Path, bids_dir: Path) -> None:
 
 def bids_uri(path: Path, bids_dir: Path) -> str:
     """``bids:raw:sub-01/dwi/...`` for a file of the input dataset (the DatasetLinks key is 'raw')."""
-    return f"bids:raw:{Path(path).resolve().relative_to(Path(bids_dir).resolve()).as_posix()}"
+    # lexically first: a subject folder (or, in git-annex/DataLad datasets, every file) may be a link out of
+    # the dataset, and its URI names where it sits in the dataset, not where its bytes are
+    path, root = Path(os.path.abspath(path)), Path(os.path.abspath(bids_dir))
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        relative = path.resolve().relative_to(root.resolve())
+    return f"bids:raw:{relative.as_posix()}"
 
 
 # Template identifiers of the BIDS specification (Appendix: coordinate systems); other spaces need a

@@ -1,15 +1,23 @@
 """Find the DWI runs of a BIDS dataset with pybids, each paired with its gradients, sidecar and T1w.
 
-The pybids index is kept outside the dataset (in the work dir, or a shared ``--bids-database-dir``).
+The pybids index is kept outside the dataset: in the run's own folder of the work dir, or in a shared
+``--bids-database-dir`` that concurrent runs build once and then read (see :func:`open_layout`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import EmptySelectionError, InputDataError, NoInputError
+from ..errors import EmptySelectionError, InputDataError, NoInputError, OutputError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,23 +68,138 @@ def filename_entities(path: str | Path) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def open_layout(bids_dir: Path, database_dir: Path, reset: bool = True):
-    """A pybids layout of ``bids_dir`` whose index lives in ``database_dir``.
+INDEX_FILE = "layout_index.sqlite"
+"""pybids' name for the index inside its database folder."""
+MARKER_FILE = "bids_phydiff_index.json"
+"""Beside the index: the dataset root and fingerprint it was built from (an index without it is rebuilt)."""
+_NOT_INDEXED = {"code", "models", "sourcedata", "stimuli", "derivatives"}
+"""Top-level folders pybids leaves out by default (derivatives are indexed separately, and not by us)."""
 
-    ``reset`` rebuilds the index (the default inside the work dir, where the dataset may have changed);
-    a shared, prebuilt ``--bids-database-dir`` is reused as it is.
+
+def open_layout(bids_dir: Path, database_dir: Path, reset: bool = False):
+    """A pybids layout of ``bids_dir`` whose index lives in ``database_dir`` (safe for concurrent runs).
+
+    Under an exclusive lock on ``database_dir/layout_index.sqlite.lock``, an index built from the same
+    dataset (same root, same file names, sizes and modification times) is reused; otherwise a new one is
+    built in a temporary folder inside ``database_dir`` and renamed into place, so no run ever reads a
+    half-built index. ``reset`` rebuilds even a matching index. The layout is opened without reset: it only
+    reads the index.
     """
+    bids_dir, database_dir = Path(bids_dir).resolve(), Path(database_dir)
+    try:
+        database_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{database_dir}: cannot create the pybids database folder ({exc.strerror})") from None
+    stamp = _index_stamp(bids_dir)
+    with _exclusive(database_dir / f"{INDEX_FILE}.lock") as locked:
+        if reset or not _index_matches(database_dir, stamp):
+            if not locked and not os.access(database_dir, os.W_OK):
+                raise OutputError(f"{database_dir}: the pybids index is missing or outdated and the folder "
+                                  "is not writable; give a writable --bids-database-dir")
+            _build_index(bids_dir, database_dir, stamp, clear_stale=locked)
+        else:
+            LOGGER.info("reusing the pybids index in %s", database_dir)
+        return _load_layout(bids_dir, database_dir)
+
+
+def _load_layout(bids_dir: Path, database_dir: Path):
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
-    database_dir.mkdir(parents=True, exist_ok=True)
-    return BIDSLayout(
-        str(bids_dir),
-        validate=False,
-        database_path=str(database_dir),
-        reset_database=reset,
-        indexer=BIDSLayoutIndexer(validate=False),
-    )
+    return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir), reset_database=False,
+                      indexer=BIDSLayoutIndexer(validate=False))
+
+
+def _build_index(bids_dir: Path, database_dir: Path, stamp: dict, clear_stale: bool) -> None:
+    """Index ``bids_dir`` into a hidden temporary folder of ``database_dir``, then rename the index and its
+    marker into place (the index first: a marker never describes an index that is not there). ``clear_stale``
+    (only under the lock, when no one else can be building) removes the temporary folders of killed runs."""
+    from bids import BIDSLayout
+    from bids.layout import BIDSLayoutIndexer
+
+    for stale in database_dir.glob(".build-*") if clear_stale else ():
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=".build-", dir=database_dir))
+    try:
+        LOGGER.info("indexing %s with pybids into %s", bids_dir, database_dir)
+        layout = BIDSLayout(str(bids_dir), validate=False, database_path=str(staging), reset_database=True,
+                            indexer=BIDSLayoutIndexer(validate=False))
+        layout.connection_manager.session.close()
+        layout.connection_manager.engine.dispose()
+        (staging / MARKER_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
+        os.replace(staging / INDEX_FILE, database_dir / INDEX_FILE)
+        os.replace(staging / MARKER_FILE, database_dir / MARKER_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _index_matches(database_dir: Path, stamp: dict) -> bool:
+    if not (database_dir / INDEX_FILE).is_file():
+        return False
+    try:
+        return json.loads((database_dir / MARKER_FILE).read_text()) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _index_stamp(bids_dir: Path) -> dict:
+    """What an index must have been built from to be reused: root, pybids version, and a SHA-256 over the
+    relative path, size and modification time of every file pybids would index."""
+    import bids
+
+    digest = hashlib.sha256()
+    count = 0
+    seen: set[tuple[int, int]] = set()
+    stack = [(bids_dir, "")]
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            info = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:  # a symlink loop or a second path to a folder
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for entry in entries:
+            if entry.name.startswith(".") or (not rel and entry.name in _NOT_INDEXED):
+                continue
+            path = f"{rel}/{entry.name}"
+            try:
+                if entry.is_dir():
+                    stack.append((Path(entry.path), path))
+                    continue
+                st = entry.stat()
+            except OSError:  # a broken link: pybids skips it too
+                continue
+            count += 1
+            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+    return {"root": str(bids_dir), "pybids": bids.__version__, "files": count, "sha256": digest.hexdigest()}
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive ``flock`` on ``lock_path`` for the block; yields False (holding nothing) where no lock
+    can be taken: a read-only folder, or a file system without locks. (flock needs no write permission, so
+    users sharing a folder share the lock file whoever created it.)"""
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        locked = True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            LOGGER.info("waiting for another run to finish the pybids index (%s)", lock_path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            LOGGER.warning("%s: cannot lock (%s); going on without the lock", lock_path, exc.strerror)
+            locked = False
+        yield locked
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _clean_filters(filters: dict, source: str) -> dict:

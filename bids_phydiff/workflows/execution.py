@@ -1,8 +1,14 @@
-"""Run a Nipype workflow the way the run's config asks: plugin, processes, memory, crash files."""
+"""Run a Nipype workflow the way the run's config asks: plugin, processes, memory, crash files, and
+SIGTERM/SIGINT, which end the run as they do outside Nipype (not as a failed node)."""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
 from ..errors import PhydiffError
@@ -44,7 +50,9 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
                  plugin: dict | None = None, stop_on_first_crash: bool = False) -> None:
     """Execute ``workflow`` with its cache under ``work_dir``; crash files go to ``crash_dir``.
 
-    Raises :class:`PhydiffError` naming the crash files when nodes fail.
+    Raises :class:`PhydiffError` naming the crash files when nodes fail. A SIGTERM or SIGINT during the
+    run stops it, its worker processes and theirs, and then reaches the handler that was in place before
+    (the command line's: exit 143 or 130), whatever Nipype made of it.
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     crash_dir.mkdir(parents=True, exist_ok=True)
@@ -57,6 +65,8 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
             "stop_on_first_crash": stop_on_first_crash,
             "remove_unnecessary_outputs": False,
             "hash_method": "content",
+            # Nipype's graph viewer files sit at the top of the work dir, shared by runs that share it
+            "create_report": False,
         }
     )
     workflow.config["monitoring"] = {"enabled": False}
@@ -64,15 +74,156 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
     name, args = plugin_settings(nprocs, mem_gb, plugin)
     LOGGER.info("running workflow %s with the %s plugin %s", workflow.name, name, args or "")
     before = set(crash_dir.glob("crash-*"))
+    with SignalGuard(crash_dir) as guard:
+        try:
+            workflow.run(plugin=name, plugin_args={**args, "status_callback": guard.check})
+        except RuntimeError as exc:
+            if guard.signum is not None:
+                return  # the guard hands the signal on when the block ends
+            crashes = sorted(set(crash_dir.glob("crash-*")) - before)
+            listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
+            detail = _first_error(crashes)
+            raise PhydiffError(
+                f"workflow {workflow.name} failed: {exc}\n{detail}crash files:\n  {listing}"
+            ) from None
+
+
+class RunInterrupted(BaseException):
+    """Raised in the main process by :class:`SignalGuard` to stop the Nipype run at once."""
+
+
+class SignalGuard:
+    """Makes SIGTERM and SIGINT win over Nipype, which turns any exception inside a node into a failed node.
+
+    In the main process the first signal is recorded and :class:`RunInterrupted` raised; if Nipype swallows
+    it, :meth:`check` (Nipype's status callback, called around every node) raises it again. A forked
+    worker process dies of the signal (its default action). When the block ends after a signal, every
+    descendant process is stopped, the crash files of interrupted nodes are removed (an interruption is
+    not a bug), and the signal is handed to the handler that was in place before: the command line's
+    raises its own exception (exit 143 or 130); a default disposition ends the process.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    QUIET_AFTER = ("nipype.workflow", "concurrent.futures")
+    """Loggers silenced after a signal: the failed node and the broken worker pool are its echo, not news."""
+
+    def __init__(self, crash_dir: Path):
+        self.crash_dir = Path(crash_dir)
+        self.signum: int | None = None
+        self._pid = os.getpid()
+        self._previous: dict[int, object] = {}
+        self._started = 0.0
+
+    def __enter__(self) -> "SignalGuard":
+        self._started = time.time()
+        for name in self.QUIET_AFTER:
+            logging.getLogger(name).addFilter(self._quiet)
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                previous = signal.getsignal(signum)
+                if previous != signal.SIG_IGN:  # e.g. SIGINT of a job started with '&' stays ignored
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:  # a worker forked by MultiProc: die as the signal says
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if self.signum is None:
+            self.signum = signum
+            raise RunInterrupted(signum)
+
+    def _quiet(self, record: logging.LogRecord) -> bool:
+        return self.signum is None
+
+    def check(self, node=None, status=None) -> None:
+        """Nipype's ``status_callback``: raise again after a signal that a node swallowed."""
+        if self.signum is not None and os.getpid() == self._pid:
+            raise RunInterrupted(self.signum)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.signum is None:
+            self._restore()
+            for name in self.QUIET_AFTER:
+                logging.getLogger(name).removeFilter(self._quiet)
+            return False
+        _stop_descendants(self._pid)
+        self._remove_interruption_crashes()
+        self._restore()
+        previous = self._previous.get(self.signum)
+        if callable(previous):
+            previous(self.signum, None)  # the command line's raise: Terminated, KeyboardInterrupt
+        else:
+            signal.signal(self.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), self.signum)
+        return False
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _remove_interruption_crashes(self) -> None:
+        for crash in self.crash_dir.glob("crash-*"):
+            try:
+                if crash.stat().st_mtime >= self._started - 1 and RunInterrupted.__name__ in crash.read_text(
+                        errors="replace"):
+                    crash.unlink()
+            except OSError:
+                pass
+
+
+def _children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (Linux /proc; none where it cannot tell)."""
+    kids: list[int] = []
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids.extend(int(p) for p in listing.read_text().split())
+        except (OSError, ValueError):
+            pass
+    return kids
+
+
+def _stop_descendants(pid: int, grace_s: float = 5.0) -> None:
+    """SIGTERM every descendant of ``pid`` (listed before any dies, so orphans are not lost), wait up to
+    ``grace_s`` seconds, then SIGKILL what is left. MultiProc's workers are reaped."""
+    found, stack = [], [pid]
+    while stack:
+        kids = _children(stack.pop())
+        found.extend(kids)
+        stack.extend(kids)
+    found.extend(p.pid for p in multiprocessing.active_children() if p.pid not in found)
+    for child in found:
+        _send(child, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and [p for p in found if _alive(p)]:
+        multiprocessing.active_children()  # reaps the workers that ended
+        time.sleep(0.05)
+    for child in found:
+        if _alive(child):
+            _send(child, signal.SIGKILL)
+    multiprocessing.active_children()
+
+
+def _send(pid: int, signum: int) -> None:
     try:
-        workflow.run(plugin=name, plugin_args=args)
-    except RuntimeError as exc:
-        crashes = sorted(set(crash_dir.glob("crash-*")) - before)
-        listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
-        detail = _first_error(crashes)
-        raise PhydiffError(
-            f"workflow {workflow.name} failed: {exc}\n{detail}crash files:\n  {listing}"
-        ) from None
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, ended but not yet reaped, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
 
 
 def _first_error(crashes: list[Path]) -> str:

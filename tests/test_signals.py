@@ -1,0 +1,81 @@
+"""SIGTERM (a scheduler's time limit) and SIGINT (Ctrl-C) during prepare end the run with 143 and 130, as
+during training and synthesis: no crash file, no traceback, no process left, no partial output, and a
+rerun with the same work dir completes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import PHANTOM_OPTIONS, start_app
+
+pytestmark = pytest.mark.slow
+
+
+def _prepare(phantom, out, work, *extra):
+    return start_app([phantom.bids_dir, out, "participant", "-w", work, "--participant-label", "01",
+                      *PHANTOM_OPTIONS, *extra], phantom.templateflow_home)
+
+
+def _read_until(proc, text: str, timeout: float = 180) -> list[str]:
+    """The output lines up to the first one containing ``text`` (all of it if the run ends first)."""
+    lines, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            break
+    return lines
+
+
+def _group_gone(pgid: int, timeout: float = 10) -> bool:
+    """True once no process of the run's process group is left (workers and their children included)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "nprocs", "whole_group"),
+    [
+        (signal.SIGTERM, 143, 2, False),  # `kill PID`: only the main process hears it (MultiProc)
+        (signal.SIGTERM, 143, 2, True),  # a scheduler signals every process of the job
+        (signal.SIGINT, 130, 1, False),  # Ctrl-C with the Linear plugin: the node runs in the main process
+    ],
+    ids=["sigterm-multiproc", "sigterm-group", "sigint-linear"],
+)
+def test_a_signal_during_prepare_ends_the_run_with_its_exit_code(phantom_2sub, tmp_path, signum, code, nprocs,
+                                                                 whole_group):
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = _prepare(phantom_2sub, out, work, "--nprocs", nprocs)
+    lines = _read_until(proc, "registering")  # a registration node is running
+    time.sleep(1.0)
+    if whole_group:
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    rest, _ = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == code, log[-4000:]
+    assert "Traceback" not in log and "failed to run" not in log, log[-4000:]
+    assert _group_gone(proc.pid), "a worker process outlived the run"
+    assert not list((out / "logs" / "crash").glob("*")), "an interruption is not a bug: no crash file"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or "desc-preproc_dwi.nii" in p.name]
+
+    if signum == signal.SIGTERM and not whole_group:
+        proc = _prepare(phantom_2sub, out, work, "--nprocs", nprocs)
+        log, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, log[-4000:]
+        assert (out / "sub-01" / "dwi" / "sub-01_space-Phantom_res-04_desc-preproc_dwi.nii.gz").is_file()
+        assert not list((out / "logs" / "crash").glob("*"))
