@@ -119,8 +119,10 @@ def test_synthesis_writes_the_acquired_scheme_with_sidecars_and_metrics(loop):
     shell_metrics = Path(str(_synth(out)).replace("_dwi", "_shellmetrics") + ".tsv").read_text().splitlines()
     methods = {line.split("\t")[0] for line in shell_metrics[1:]}
     assert methods == {"phydiff", "physics_baseline"} and len(shell_metrics) == 1 + 2 * 4  # 3 shells + all
+    assert {"psnr_mean", "ssim_mean", "seam_mean", "sharpness_mean"} <= set(shell_metrics[0].split("\t"))
     report = out / "sub-03_synthesis.html"
     assert "desc-synth_dwi.png" in report.read_text()
+    assert "<th>seam</th><th>sharpness</th>" in report.read_text()
     assert (out / "sub-03" / "figures" / "sub-03_desc-synth_dwi.png").stat().st_size > 1000
 
 
@@ -153,7 +155,27 @@ def test_same_seed_same_output_and_another_seed_differs(loop, tmp_path):
     assert results["a"].shape[3] == 1 + 2 + 2  # a b0, then two directions on each shell
     np.testing.assert_array_equal(results["a"], results["b"])
     assert not np.array_equal(results["a"], results["c"])
-    assert "outside the bundle's shells" not in proc.stderr  # 2500 lies between shells: interpolated ADC
+    assert "outside the range of the atlas shells" not in proc.stderr  # 2500 lies between shells: interpolated
+
+
+def test_resynthesis_leaves_no_outputs_of_the_earlier_scheme_and_states_the_real_step_count(loop, tmp_path):
+    from bids_phydiff.model.sampling import timesteps
+    from bids_phydiff.synth.inputs import app_sampler
+
+    out = tmp_path / "out"
+    proc = synth(loop, out, "--model", loop["bundle"], "--samples", "2", *FAST)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = Path(f"{_synth(out, f'sub-03_{SPACE}_desc-synth_metrics')}.tsv")
+    std = nii(_synth(out, f"sub-03_{SPACE}_desc-synthstd_dwi"))
+    assert metrics.is_file() and std.is_file()
+    proc = synth(loop, out, "--model", loop["bundle"], "--target-shells", "1000", "--target-directions", "2",
+                 "--sampler", "ddpm", "--strength", "0.005", "--batch-size", "64")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    leftovers = [p.name for p in (out / "sub-03" / "dwi").iterdir() if "metrics" in p.name or "synthstd" in p.name]
+    assert leftovers == []  # they described the acquired scheme, which this synthesis replaced
+    meta = json.loads(Path(f"{_synth(out)}.json").read_text())
+    ddpm_steps = len(timesteps(app_sampler("ddpm", strength=0.005), 1000))
+    assert meta["Sampler"] == "ddpm" and meta["SamplingSteps"] == ddpm_steps and ddpm_steps < 1000
 
 
 def test_a_bundle_for_another_grid_is_refused(loop, tmp_path):

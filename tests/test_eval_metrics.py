@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.signal import convolve2d
 from skimage.metrics import normalized_root_mse, peak_signal_noise_ratio, structural_similarity
 
@@ -206,3 +207,32 @@ def test_metric_inputs_are_checked():
         ssim(ref[:5], test[:5], data_range=1.0)
     with pytest.raises(ValueError, match="odd"):
         ssim(ref, test, data_range=1.0, win_size=6)
+
+
+def test_metric_rows_carry_seam_and_sharpness_into_the_shell_summaries(tmp_path):
+    from bids_phydiff.eval.compare import metric_rows, summarise
+    from bids_phydiff.eval.fidelity import PatchGrid
+
+    rng = np.random.default_rng(3)
+    shape = (24, 20, 3)
+    bvals = np.array([0, 1000, 1000, 2000])
+    ref = np.stack([900 * np.exp(-b * 1e-3) * (1 + 0.2 * rng.random(shape)) for b in bvals], -1)
+    blurred = ndimage.gaussian_filter(ref, (1.0, 1.0, 0, 0))
+    mask = _disc(shape)
+    grid = PatchGrid(4, (1, 2))
+    rows = metric_rows({"copy": ref, "blurred": blurred, "ungridded": ref}, ref, bvals, mask, 950.0,
+                       {"subject": "01"}, patches={"copy": grid, "blurred": grid})
+    by = {(r["method"], r["volume"]): r for r in rows}
+    assert all(by["copy", n]["seam"] == 1.0 and by["copy", n]["sharpness"] == pytest.approx(1.0) for n in (1, 2, 3))
+    assert all(by["blurred", n]["sharpness"] < 0.5 for n in (1, 2, 3))
+    assert all(math.isnan(by["ungridded", n]["seam"]) for n in (1, 2, 3))  # no patch grid, no seam score
+    assert set(METRICS) | {"seam", "sharpness"} <= set(rows[0]) and rows[0]["subject"] == "01"
+    shells = summarise(rows, keys=("method",))
+    blurred_2000 = next(s for s in shells if s["method"] == "blurred" and s["shell"] == 2000.0)
+    assert blurred_2000["sharpness_mean"] == pytest.approx(by["blurred", 3]["sharpness"])
+    write_tsv(shells, tmp_path / "shells.tsv")
+    header = (tmp_path / "shells.tsv").read_text().splitlines()[0].split("\t")
+    assert {"seam_mean", "seam_std", "sharpness_mean", "sharpness_std"} <= set(header)
+    # rows without the scores (series_metrics alone) summarise as before
+    with np.errstate(invalid="ignore"):  # PSNR inf
+        assert "seam_mean" not in summarise_by_shell(series_metrics(blurred, ref, bvals, mask, scale=950.0))[0]

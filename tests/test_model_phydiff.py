@@ -325,6 +325,31 @@ def test_adapter_stage_trains_only_the_adapter():
         tiny(adapter=None).trainable_parameters("adapter")
 
 
+def test_output_refiner_starts_as_a_no_op_and_mixes_across_patch_borders():
+    import dataclasses
+
+    base = tiny()
+    refined = tiny(backbone=dataclasses.replace(preset("tiny").backbone, refine_channels=8))
+    assert set(base.state_dict()) < set(refined.state_dict())  # only new tensors: old bundles keep loading
+    refined.load_state_dict(base.state_dict(), strict=False)
+    _randomise(base.backbone, seed=2)
+    refined.load_state_dict(base.state_dict(), strict=False)
+    b = phantom_batch(2)
+    x, t = torch.randn(2, 1, 32, 32), torch.tensor([5, 500])
+    plain = base(x, t, b.b0, b.bval, b.bvec, b.slice_pos)
+    assert torch.equal(refined(x, t, b.b0, b.bval, b.bvec, b.slice_pos), plain)  # zero-initialised last conv
+    # the patch split makes pixel (8, 12) from its own token alone; the refiner also sees pixel (8, 11) of the
+    # patch on its left, in the backbone's output and in the input
+    from bids_phydiff.model.hdit import OutputRefiner
+
+    refiner = OutputRefiner(2, 1, 8)
+    _randomise(refiner, seed=5)
+    out, inputs = torch.randn(1, 1, 32, 32, requires_grad=True), torch.randn(1, 2, 32, 32, requires_grad=True)
+    refiner(out, inputs)[0, 0, 8, 12].backward()
+    assert out.grad[0, 0, 8, 11] != 0 and inputs.grad[0, :, 8, 11].abs().sum() > 0
+    assert out.grad[0, 0, 8, 15] == 0  # 3x3 convolutions twice: a receptive field of 5x5
+
+
 # ----------------------------------------------------------------------------------------- tracts
 
 

@@ -124,7 +124,7 @@ def test_interpolate_adc_outside_the_shells_clamps_with_a_warning_or_raises(capl
         high = interpolate_adc(maps, shells, 5000.0)
         low = interpolate_adc(maps, shells, 500.0)
     assert np.array_equal(high, maps[-1]) and np.array_equal(low, maps[0])
-    assert sum("outside the atlas shells" in r.getMessage() for r in caplog.records) == 2
+    assert sum("outside the range of the atlas shells" in r.getMessage() for r in caplog.records) == 2
     with pytest.raises(ValueError, match="outside"):
         interpolate_adc(maps, shells, 5000.0, clamp=False)
 

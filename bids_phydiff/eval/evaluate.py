@@ -17,8 +17,9 @@ Each method's series ``(X, Y, Z, N)`` (signal units) is compared with each *refe
   (:func:`.truth_reference.noise_free_prepared`).
 
 Image metrics (:func:`.metrics.series_metrics`): every diffusion-weighted volume, masked metrics in signal
-units (PSNR and SSIM with the data range = the b0 scale, NRMSE) and the paper protocol; then per shell the
-mean and std over volumes (of all evaluated runs together). DTI (:func:`.dti.dti_agreement`): tensors of the
+units (PSNR and SSIM with the data range = the b0 scale, NRMSE) and the paper protocol, and the seam and
+sharpness scores (:mod:`.fidelity`; seams on each bundle's own patch grid, the first bundle's for the
+baseline and the acquired data); then per shell the mean and std over volumes (of all evaluated runs together). DTI (:func:`.dti.dti_agreement`): tensors of the
 full series (b0 copies included) against the reference's, in white matter, one row per region:
 ``fa>0.3`` = FA > 0.3 of the noise-free truth's fit (with ``truth_dir``) or of the acquired data's inside the
 brain mask, the fibres whose orientation synthesis must keep; with ``truth_dir`` also ``wm-label`` = the
@@ -42,7 +43,7 @@ from ..model.bundle import ADC_ATLAS_FILE, TRAIN_JSON
 from ..model.sampling import SamplerConfig
 from ..synth.run import LoadedBundle, load_bundle, load_subject, synthesise_acquired
 from .baseline import physics_baseline
-from .compare import dti_rows, metric_rows, summarise
+from .compare import dti_rows, metric_rows, model_patch_grid, summarise
 from .dti import fit_dti
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class EvaluationResult:
 
     ``volumes``: one row per (subject, reference, method, volume); ``shells``: per (reference, method, shell);
     ``dti``: per (subject, reference, method); ``samplers``: the sampler comparison (or empty);
-    ``timings``: per (subject, method) synthesis seconds."""
+    ``timings``: per (subject, method) synthesis seconds; ``slices``: per (run, shell) the middle brain slice
+    ``(X, Y)`` of the shell's first volume of every method and of the acquired data (``images``), for the
+    figures."""
 
     volumes: list[dict] = field(default_factory=list)
     shells: list[dict] = field(default_factory=list)
@@ -83,6 +86,7 @@ class EvaluationResult:
     samplers: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    slices: list[dict] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------- inputs
@@ -141,6 +145,8 @@ def evaluate(
     runs = find_prepared(output_dir, tuple(subjects), space=grid.template,
                          res=first.bundle.metadata.get("res_label"))
     trained_on = _training_subjects(first.bundle.path)
+    patches = {b.name: model_patch_grid(b.bundle) for b in loaded}
+    patches.update({BASELINE: patches[first.name], ACQUIRED: patches[first.name]})
     result = EvaluationResult(settings={
         "output_dir": str(output_dir),
         "bundles": {b.name: str(b.bundle.path) for b in loaded},
@@ -175,6 +181,7 @@ def evaluate(
                                                  first.conditions.shells, mask=subject.mask)
         if with_acquired:
             methods[ACQUIRED] = subject.dwi
+        result.slices += figure_slices(run.prefix, methods, subject)
         references = {ACQUIRED: subject.dwi}
         if truth_dir is not None:
             references[TRUTH] = noise_free_prepared(run, truth_dir, work_dir)
@@ -187,7 +194,8 @@ def evaluate(
                 raise InputDataError(f"{run.dwi}: the white-matter mask ({region}) is empty; cannot compare tensors")
         for ref_name, reference in references.items():
             labels = {"subject": run.subject, "run": run.prefix, "reference": ref_name}
-            result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, labels)
+            result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, labels,
+                                          patches)
             for region, wm in regions.items():
                 result.dti += dti_rows(methods, reference, subject.bvals, subject.bvecs, wm,
                                        {**labels, "region": region})
@@ -198,6 +206,22 @@ def evaluate(
                                               compare_volumes_per_shell)
     result.shells = summarise(result.volumes)
     return result
+
+
+def figure_slices(run: str, methods: Mapping[str, np.ndarray], subject) -> list[dict]:
+    """Per shell of the run: ``run``, ``shell``, ``volume`` (the shell's first), ``z`` (the middle brain
+    slice), ``images`` (``acquired`` and every method, ``(X, Y)``) and ``mask`` (``(X, Y)``)."""
+    from ..prep.gradients import B0_THRESHOLD, unique_shells
+
+    mask = subject.mask
+    z = int(np.median(np.nonzero(mask.any(axis=(0, 1)))[0])) if mask.any() else mask.shape[2] // 2
+    out = []
+    for shell in unique_shells(subject.bvals[subject.bvals > B0_THRESHOLD]):
+        n = int(np.flatnonzero(np.abs(subject.bvals - shell) <= 100.0)[0])
+        images = {ACQUIRED: subject.dwi[:, :, z, n], **{m: s[:, :, z, n] for m, s in methods.items() if m != ACQUIRED}}
+        out.append({"run": run, "shell": float(shell), "volume": n, "z": z,
+                    "images": {k: np.asarray(v, dtype=np.float32) for k, v in images.items()}, "mask": mask[:, :, z]})
+    return out
 
 
 def _training_subjects(bundle_path: Path) -> set[str]:

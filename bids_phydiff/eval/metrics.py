@@ -42,6 +42,7 @@ from ..atomic import atomic_path
 from ..prep.gradients import B0_THRESHOLD, shell_index, unique_shells
 
 __all__ = [
+    "FIDELITY_METRICS",
     "METRICS",
     "PAPER_SIGMA",
     "masked_metrics",
@@ -61,6 +62,9 @@ PAPER_SIGMA = 1.5
 
 METRICS = ("paper_psnr", "paper_ssim", "psnr", "ssim", "nrmse")
 """Metric columns of :func:`series_metrics` rows."""
+
+FIDELITY_METRICS = ("seam", "sharpness")
+"""Columns that :func:`bids_phydiff.eval.compare.metric_rows` adds (:mod:`.fidelity`); summarised when present."""
 
 
 def _pair(a, b) -> tuple[np.ndarray, np.ndarray]:
@@ -333,9 +337,12 @@ def series_metrics(
     return rows
 
 
-def summarise_by_shell(rows: Sequence[Mapping], metrics: Sequence[str] = METRICS) -> list[dict]:
+def summarise_by_shell(rows: Sequence[Mapping], metrics: Sequence[str] | None = None) -> list[dict]:
     """Per shell (ascending), then ``"all"``: ``shell``, ``volumes`` and ``<metric>_mean``/``<metric>_std``
-    (population std, ddof 0) of ``rows`` from :func:`series_metrics`."""
+    (population std, ddof 0) of ``rows`` from :func:`series_metrics`. ``metrics``: default :data:`METRICS`
+    and those of :data:`FIDELITY_METRICS` that the rows carry."""
+    if metrics is None:
+        metrics = METRICS + tuple(m for m in FIDELITY_METRICS if rows and m in rows[0])
     groups: dict = {}
     for row in rows:
         groups.setdefault(row["shell"], []).append(row)

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 
+from ..config import SAMPLER_STRENGTH
 from ..model.sampling import SamplerConfig, timesteps
 from ..prep.gradients import B0_THRESHOLD, shell_index, unique_shells
 from .metrics import series_metrics
@@ -21,7 +22,7 @@ from .metrics import series_metrics
 __all__ = ["DEFAULT_SAMPLERS", "compare_samplers", "default_samplers", "pick_volumes"]
 
 
-def default_samplers(strength: float = 0.8) -> dict[str, SamplerConfig]:
+def default_samplers(strength: float = SAMPLER_STRENGTH) -> dict[str, SamplerConfig]:
     """``{"ddpm-<n>": ..., "ddim-50": ..., "ddim-20": ...}`` from the same start (see the module docstring);
     ``n`` = the DDPM's model evaluations (1000 from pure noise, 800 from SDEdit 0.8)."""
     from ..synth.inputs import app_sampler

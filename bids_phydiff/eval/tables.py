@@ -5,15 +5,18 @@ Files in the output folder:
 - ``metrics_volumes.tsv``: one row per (subject, run, reference, method, diffusion-weighted volume);
 - ``metrics_shells.tsv``: one row per (reference, method, shell) -- shells ascending, then ``all`` --
   with ``volumes`` and ``<metric>_mean`` / ``<metric>_std`` over volumes (population std) of the masked
-  metrics in signal units (``psnr`` dB, ``ssim``, ``nrmse``) and of the paper protocol (``paper_psnr``,
-  ``paper_ssim``);
+  metrics in signal units (``psnr`` dB, ``ssim``, ``nrmse``), of the paper protocol (``paper_psnr``,
+  ``paper_ssim``) and of the seam and sharpness scores (``seam``: 1 = no patch seams; ``sharpness``: 1 = the
+  reference's detail, :mod:`.fidelity`);
 - ``dti.tsv``: one row per (subject, run, reference, region, method): FA / MD / principal-direction agreement
   in a white-matter region (``fa>0.3``; with a truth also ``wm-label``);
 - ``samplers.tsv`` (with a sampler comparison), ``timings.tsv`` (synthesis seconds per run and method);
 - ``evaluation.md``: the settings and every table (SSIM in %, i.e. points, as the paper);
 - ``evaluation.json``: the settings;
 - ``plots/<reference>_<metric>.png``: per metric a bar chart, shells on the x axis, one bar per method
-  (error bar: std over volumes); ``plots/<reference>_dti.png``: FA error, MD error and angle per method.
+  (error bar: std over volumes); ``plots/<reference>_dti.png``: FA error, MD error and angle per method;
+- ``figures/<run>_<method>.png``: per run and method, the middle brain slice of each shell's first volume:
+  acquired, synthetic and |error| (embedded in ``evaluation.md``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from .metrics import write_tsv
 
 __all__ = ["PLOT_METRICS", "markdown_report", "markdown_table", "plot_dti", "plot_shells", "write_outputs"]
 
-PLOT_METRICS = ("psnr", "ssim", "nrmse", "paper_psnr", "paper_ssim")
+PLOT_METRICS = ("psnr", "ssim", "nrmse", "paper_psnr", "paper_ssim", "seam", "sharpness")
 _LABELS = {"psnr": "masked PSNR (dB)", "ssim": "masked SSIM (%)", "nrmse": "masked NRMSE",
-           "paper_psnr": "paper PSNR (dB)", "paper_ssim": "paper SSIM (%)"}
+           "paper_psnr": "paper PSNR (dB)", "paper_ssim": "paper SSIM (%)",
+           "seam": "seam score (1 = no seams)", "sharpness": "sharpness (1 = reference detail)"}
 _PERCENT = {"ssim", "paper_ssim"}
 
 
@@ -48,6 +52,8 @@ def _num(value, digits: int = 2) -> str:
 
 def _pm(row: Mapping, metric: str, digits: int = 2) -> str:
     factor = 100.0 if metric in _PERCENT else 1.0
+    if f"{metric}_mean" not in row:
+        return "n/a"
     mean, std = row[f"{metric}_mean"] * factor, row[f"{metric}_std"] * factor
     if math.isinf(mean):
         return _num(mean)
@@ -63,14 +69,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def shell_table(shells: Sequence[Mapping], reference: str) -> str:
     """Markdown: one row per method x shell against ``reference``."""
-    header = ["method", "shell", "vols", "PSNR dB", "SSIM %", "NRMSE", "paper PSNR dB", "paper SSIM %"]
+    header = ["method", "shell", "vols", "PSNR dB", "SSIM %", "NRMSE", "seam", "sharpness", "paper PSNR dB",
+              "paper SSIM %"]
     rows = []
     for r in shells:
         if r["reference"] != reference:
             continue
         shell = r["shell"] if isinstance(r["shell"], str) else f"{r['shell']:g}"
         rows.append([r["method"], shell, r["volumes"], _pm(r, "psnr"), _pm(r, "ssim", 1), _pm(r, "nrmse", 3),
-                     _pm(r, "paper_psnr"), _pm(r, "paper_ssim", 1)])
+                     _pm(r, "seam", 3), _pm(r, "sharpness", 3), _pm(r, "paper_psnr"), _pm(r, "paper_ssim", 1)])
     return markdown_table(header, rows)
 
 
@@ -119,9 +126,17 @@ def markdown_report(result) -> str:
                 else "the noise-free truth through the same preparation" if ref == "truth" else ref)
         lines += [f"## Image metrics per shell, reference: {what}", "",
                   "Mean ± std over diffusion-weighted volumes; PSNR/SSIM/NRMSE inside the brain mask in signal "
-                  "units (data range = the b0 scale); paper protocol = per-slice min-max to [0, 255], no mask.", "",
+                  "units (data range = the b0 scale); seam = gradient across the model's patch boundaries over "
+                  "within patches, relative to the reference's (1 = no seams); sharpness = regression coefficient "
+                  "of the method's high-pass detail on the reference's (1 = the reference's detail, lower = "
+                  "blurred; noise does not raise it); paper protocol = per-slice min-max to [0, 255], no mask.", "",
                   shell_table(result.shells, ref), ""]
         lines += [f"## DTI in white matter, reference: {what}", "", dti_table(result.dti, ref), ""]
+    if getattr(result, "slices", None):
+        lines += ["## Figures", "", "The middle brain slice of the first volume of each shell: acquired, "
+                  "synthetic, |error| (acquired and synthetic share the acquired image's grey window).", ""]
+        lines += [f"![{run} {method}](figures/{name})" for (run, method), name in figure_names(result.slices).items()]
+        lines += [""]
     if result.samplers:
         lines += ["## Samplers: quality against time", "", sampler_table(result.samplers), ""]
     if result.timings:
@@ -188,6 +203,31 @@ def plot_dti(dti: Sequence[Mapping], reference: str, out_path: Path) -> Path:
     return out_path
 
 
+def figure_names(slices: Sequence[Mapping]) -> dict[tuple[str, str], str]:
+    """``{(run, method): file name}`` of the figures of :func:`write_figures`."""
+    names = {}
+    for entry in slices:
+        for method in entry["images"]:
+            if method != "acquired":
+                names[(entry["run"], method)] = f"{entry['run']}_{method}.png"
+    return names
+
+
+def write_figures(slices: Sequence[Mapping], out_dir: Path) -> dict[str, Path]:
+    """Per (run, method) one figure (:func:`bids_phydiff.reports.figures.plot_synthesis`), a row per shell."""
+    from ..reports.figures import plot_synthesis
+
+    written = {}
+    for (run, method), name in figure_names(slices).items():
+        rows = []
+        for entry in (e for e in slices if e["run"] == run):
+            acquired, synthetic = entry["images"]["acquired"], entry["images"][method]
+            rows.append((f"b = {entry['shell']:g}", {"acquired": acquired, "synthetic": synthetic,
+                                                      "|error|": np.abs(synthetic - acquired) * entry["mask"]}))
+        written[f"figure_{run}_{method}"] = plot_synthesis(rows, out_dir / name, f"{run}: {method}")
+    return written
+
+
 def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
     """Write every table, the Markdown report, the settings and the plots into ``out_dir`` (created)."""
     out_dir = Path(out_dir)
@@ -208,8 +248,10 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
     settings.write_text(json.dumps(result.settings, indent=2, default=str) + "\n", encoding="utf-8")
     written["settings"] = settings
     for ref in dict.fromkeys(r["reference"] for r in result.shells):
-        for metric in PLOT_METRICS:
+        for metric in (m for m in PLOT_METRICS if f"{m}_mean" in result.shells[0]):
             written[f"plot_{ref}_{metric}"] = plot_shells(result.shells, ref, metric,
                                                           out_dir / "plots" / f"{ref}_{metric}.png")
         written[f"plot_{ref}_dti"] = plot_dti(result.dti, ref, out_dir / "plots" / f"{ref}_dti.png")
+    if getattr(result, "slices", None):
+        written.update(write_figures(result.slices, out_dir / "figures"))
     return written

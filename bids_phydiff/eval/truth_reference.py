@@ -28,6 +28,7 @@ import numpy as np
 from ..bids.prepared import PreparedRun
 from ..errors import InputDataError, NoInputError
 from ..phantom.truth import read_truth
+from ..prep.grid import same_grid
 
 __all__ = ["noise_free_prepared", "template_white_matter", "truth_root"]
 
@@ -106,6 +107,6 @@ def template_white_matter(run: PreparedRun, truth_dir: str | Path) -> np.ndarray
         raise NoInputError(f"{labels}: no template truth at res-{run.res}")
     img = nib.load(str(labels))
     ref = nib.load(str(run.b0ref))
-    if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+    if not same_grid(img.shape, img.affine, ref.shape, ref.affine):
         raise InputDataError(f"{labels}: grid {img.shape[:3]} is not the grid of {run.b0ref} {ref.shape[:3]}")
     return np.asarray(img.dataobj) == WM_LABEL

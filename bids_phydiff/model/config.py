@@ -116,7 +116,9 @@ class HDiTConfig(JsonConfig):
     Input (B, in_channels, H, W) = x_t and the b0 slice concatenated; output (B, out_channels, H, W) = what
     :attr:`PhyDiffConfig.objective` names (the clean slice x0 for the presets, the noise, v, or the target
     slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
-    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``.
+    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``. ``refine_channels``: hidden
+    channels of the full-resolution output refiner after the patch split (:class:`~.hdit.OutputRefiner`);
+    0 = none, the paper's model (and what a bundle without the key means).
     """
 
     levels: tuple[LevelConfig, ...]
@@ -125,12 +127,15 @@ class HDiTConfig(JsonConfig):
     out_channels: int = 1
     dropout: float = 0.0
     backend: str = "auto"
+    refine_channels: int = 0
 
     def __post_init__(self) -> None:
         levels = tuple(lv if isinstance(lv, LevelConfig) else LevelConfig(**lv) for lv in self.levels)
         object.__setattr__(self, "levels", levels)
         if not levels:
             raise ValueError("HDiTConfig needs at least one level")
+        if self.refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
         if self.patch_size < 1 or self.in_channels < 1 or self.out_channels < 1:
             raise ValueError(f"patch_size, in_channels and out_channels must be positive: {self}")
         if not 0.0 <= self.dropout < 1.0:

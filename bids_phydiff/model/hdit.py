@@ -8,7 +8,7 @@ Layout: a patch-``p`` token merge to level 0; at each level above the bottom, ``
 with neighborhood attention, then a 2x2 token merge down; the bottom level runs global (or neighborhood)
 layers; on the way up a 2x2 token split whose output is blended with the level's skip by a learned
 per-channel lerp (init 0.5), then ``depth`` more layers; finally RMSNorm and a zero-initialised patch
-split. Transformer layer = cosine-similarity self-attention (learned per-head temperature, init 10, axial
+split, optionally followed by a full-resolution convolutional refiner (``refine_channels``). Transformer layer = cosine-similarity self-attention (learned per-head temperature, init 10, axial
 RoPE on half of each head) + GEGLU feed-forward, each pre-normed by AdaRMSNorm, each a residual whose
 output projection starts at zero. Tokens are channels-last (B, h, w, C).
 """
@@ -178,6 +178,25 @@ class TokenSplit(nn.Module):
         return skip + self.mix.to(x.dtype) * (x - skip)
 
 
+class OutputRefiner(nn.Module):
+    """A full-resolution convolution after the patch split: ``out + conv3x3(GELU(conv3x3([out, x])))``.
+
+    The patch split turns each level-0 token into a ``p x p`` block with one linear map, so neighbouring
+    blocks are made independently and their borders can show; this head sees across the borders and sees
+    the input (x_t and the b0) at full resolution, where the tokens see it only through the patch merge.
+    Its last convolution starts at zero, so an untrained refiner leaves the backbone's output unchanged.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv_in = nn.Conv2d(in_channels + out_channels, hidden, 3, padding=1)
+        self.conv_out = zero_init(nn.Conv2d(hidden, out_channels, 3, padding=1))
+
+    def forward(self, out: Tensor, x: Tensor) -> Tensor:
+        """out (B, C_out, H, W), x (B, C_in, H, W) -> (B, C_out, H, W)."""
+        return out + self.conv_out(F.gelu(self.conv_in(torch.cat([out, x.to(out.dtype)], dim=1))))
+
+
 class HDiT(nn.Module):
     """The hourglass backbone. See the module docstring; ``config.levels[-1]`` is the bottom level."""
 
@@ -195,6 +214,8 @@ class HDiT(nn.Module):
         self.out_norm = RMSNorm(levels[0].width)
         self.patch_out = TokenSplit(levels[0].width, config.out_channels, config.patch_size, skip=False)
         zero_init(self.patch_out.proj)
+        self.refine = (OutputRefiner(config.in_channels, config.out_channels, config.refine_channels)
+                       if config.refine_channels else None)
 
     def check_input(self, x: Tensor) -> None:
         m = self.config.size_multiple
@@ -224,5 +245,5 @@ class HDiT(nn.Module):
             h = h + adapter_features[-1].to(h.dtype)
         for level, split, skip in zip(reversed(self.up), reversed(self.splits), reversed(skips)):
             h = level(split(h, skip), cond)
-        h = self.patch_out(self.out_norm(h))
-        return h.permute(0, 3, 1, 2)
+        out = self.patch_out(self.out_norm(h)).permute(0, 3, 1, 2)
+        return out if self.refine is None else self.refine(out, x)

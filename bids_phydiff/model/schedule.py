@@ -307,8 +307,8 @@ def interpolate_adc(adc_shells, shells, b, *, clamp: bool = True):
     outside = (b_np < shells_np[0]) | (b_np > shells_np[-1])
     if outside.any():
         message = (
-            f"b-value(s) {sorted(set(b_np[outside].tolist()))} outside the atlas shells "
-            f"[{shells_np[0]:g}, {shells_np[-1]:g}] s/mm^2"
+            f"b-value(s) {sorted(set(b_np[outside].tolist()))} outside the range of the atlas shells "
+            f"({', '.join(f'{s:g}' for s in shells_np)} s/mm^2)"
         )
         if not clamp:
             raise ValueError(message)

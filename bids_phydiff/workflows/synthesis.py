@@ -6,7 +6,9 @@ a model held by Nipype workers would be loaded once per process and compete for 
 
 Per run this writes, in template space (and with ``--output-space native`` also on the run's own grid):
 ``*_desc-synth_dwi.nii.gz`` (+ ``.bval``/``.bvec``/``.json``), ``*_desc-synthstd_dwi.nii.gz`` with K > 1
-samples, and for the acquired scheme ``*_desc-synth_metrics.tsv`` and a figure per shell in
+samples, and for the acquired scheme ``*_desc-synth_metrics.tsv`` (per volume) and
+``*_desc-synth_shellmetrics.tsv`` (per shell: masked PSNR/SSIM/NRMSE, the paper's PSNR/SSIM, and the seam
+and sharpness scores of :mod:`bids_phydiff.eval.fidelity`), and a figure per shell with that table in
 ``sub-X_synthesis.html``.
 """
 
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from ..atomic import remove_stale_temporaries
 from ..bids.checks import CheckedRun
 from ..bids.derivatives import init_output_dir
 from ..bids.prepared import PreparedRun
+from ..config import RunConfig
 from ..errors import InputDataError
 from .synthesis_outputs import (
     SynthesisPaths,
@@ -31,11 +35,21 @@ from .synthesis_outputs import (
     write_series,
 )
 
+if TYPE_CHECKING:  # torch-free at import: the CLI loads this module before it knows it needs torch
+    from ..model.sampling import SamplerConfig
+    from ..synth.run import LoadedBundle
+    from ..synth.scheme import TargetScheme
+
 LOGGER = logging.getLogger(__name__)
 
 METHOD = "phydiff"
 BASELINE = "physics_baseline"
 """The method names of the synthesis metrics tables."""
+METRICS_CAPTION = (" The table: per shell, the mean over volumes against the acquired data inside the brain mask; "
+                   "PSNR (dB) and SSIM with the b0 scale as data range; seam = image gradient across the model's "
+                   "patch boundaries over within patches, relative to the acquired image's (1 = no seams); "
+                   "sharpness = the part of the acquired image's fine detail that the synthesis reproduces "
+                   "(1 = all of it, lower = blurred; noise does not raise it).")
 
 
 def target_scheme(opts, prepared: PreparedRun, seed: int, b0_threshold: float):
@@ -53,7 +67,8 @@ def target_scheme(opts, prepared: PreparedRun, seed: int, b0_threshold: float):
         raise InputDataError(f"target scheme: {exc}") from None
 
 
-def synthetic_sidecar(prepared: PreparedRun, loaded, sampler, scheme, config, seconds: float) -> dict:
+def synthetic_sidecar(prepared: PreparedRun, loaded: LoadedBundle, sampler: SamplerConfig, scheme: TargetScheme,
+                      config: RunConfig, seconds: float) -> dict:
     """The ``desc-synth`` sidecar: sources, model, sampler and its real number of model evaluations, seed."""
     from ..synth.inputs import CLIP_X0
     from ..synth.run import model_evaluations
@@ -80,18 +95,21 @@ def synthetic_sidecar(prepared: PreparedRun, loaded, sampler, scheme, config, se
     }
 
 
-def metrics_against_acquired(subject, scheme, mean, conditions) -> tuple[list[dict], list[dict]]:
+def metrics_against_acquired(subject, scheme, mean, conditions, patches) -> tuple[list[dict], list[dict]]:
     """Per-volume rows and per-shell summaries of the synthesis and the physics baseline S0 exp(-b ADC)
-    against the acquired data, masked, in signal units."""
+    against the acquired data, masked, in signal units; seams on the model's patch grid ``patches``
+    (:func:`bids_phydiff.eval.compare.model_patch_grid`, for both methods)."""
     from ..eval.baseline import physics_baseline
     from ..eval.compare import metric_rows, summarise
 
     baseline = physics_baseline(subject.b0, scheme.bvals, conditions.adc_atlas, conditions.shells, mask=subject.mask)
-    rows = metric_rows({METHOD: mean, BASELINE: baseline}, subject.dwi, scheme.bvals, subject.mask, subject.scale)
+    rows = metric_rows({METHOD: mean, BASELINE: baseline}, subject.dwi, scheme.bvals, subject.mask, subject.scale,
+                       patches=patches)
     return rows, summarise(rows, keys=("method",))
 
 
-def synthesise_one(run: CheckedRun, prepared: PreparedRun, loaded, sampler, config, paths: SynthesisPaths) -> dict:
+def synthesise_one(run: CheckedRun, prepared: PreparedRun, loaded: LoadedBundle, sampler: SamplerConfig,
+                   config: RunConfig, paths: SynthesisPaths) -> dict:
     """Synthesise one run and write its outputs (:mod:`.synthesis_outputs`); returns what the report and
     the log need: ``run``, ``outputs`` (name -> path), ``summary`` (per-shell metrics rows), ``seconds``."""
     import numpy as np
@@ -114,7 +132,10 @@ def synthesise_one(run: CheckedRun, prepared: PreparedRun, loaded, sampler, conf
             **meta, "Description": f"Per-voxel standard deviation over {opts.samples} samples"}, paths.std)
     summary = []
     if acquired:
-        rows, summary = metrics_against_acquired(subject, scheme, result.mean, loaded.conditions)
+        from ..eval.compare import model_patch_grid
+
+        rows, summary = metrics_against_acquired(subject, scheme, result.mean, loaded.conditions,
+                                                 model_patch_grid(loaded.bundle))
         outputs["metrics"] = write_metrics(rows, summary, paths)
         outputs["shell_metrics"] = paths.shell_metrics
     if opts.output_space == "native":
@@ -136,18 +157,35 @@ def config_res_label(bundle) -> str | None:
     return load_template(bundle.grid.template, bundle.grid.resolution).res_label
 
 
-def format_summary(summary: list[dict]) -> str:
-    """The per-shell metrics as a text table (masked PSNR/SSIM/NRMSE in signal units, then the paper's)."""
-    lines = [f"{'method':16s} {'shell':>6s} {'vols':>5s} {'PSNR':>7s} {'SSIM':>6s} {'NRMSE':>6s} "
-             f"{'paper PSNR':>10s} {'paper SSIM':>10s}"]
+SUMMARY_COLUMNS = (("method", "method", "s"), ("shell", "shell", "s"), ("vols", "volumes", "d"),
+                   ("PSNR", "psnr_mean", ".2f"), ("SSIM", "ssim_mean", ".3f"), ("NRMSE", "nrmse_mean", ".3f"),
+                   ("seam", "seam_mean", ".3f"), ("sharpness", "sharpness_mean", ".3f"),
+                   ("paper PSNR", "paper_psnr_mean", ".2f"), ("paper SSIM", "paper_ssim_mean", ".3f"))
+"""The per-shell table of the log and the report: (heading, summary key, format)."""
+
+
+def summary_table(summary: list[dict]) -> list[list[str]]:
+    """The per-shell metrics as rows of text, the headings first (masked PSNR/SSIM/NRMSE in signal units,
+    seam and sharpness scores, then the paper's PSNR/SSIM)."""
+    table = [[heading for heading, _, _ in SUMMARY_COLUMNS]]
     for row in summary:
-        shell = row["shell"] if isinstance(row["shell"], str) else f"{row['shell']:g}"
-        lines.append(f"{row['method']:16s} {shell:>6s} {row['volumes']:5d} {row['psnr_mean']:7.2f} {row['ssim_mean']:6.3f} "
-                     f"{row['nrmse_mean']:6.3f} {row['paper_psnr_mean']:10.2f} {row['paper_ssim_mean']:10.3f}")
-    return "\n".join(lines)
+        cells = []
+        for _, key, fmt in SUMMARY_COLUMNS:
+            value = row.get(key, float("nan"))
+            cells.append(f"{value:g}" if key == "shell" and not isinstance(value, str) else format(value, fmt))
+        table.append(cells)
+    return table
 
 
-def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
+def format_summary(summary: list[dict]) -> str:
+    """:func:`summary_table` as aligned text (the method column left-aligned)."""
+    table = summary_table(summary)
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    return "\n".join(" ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+                     for r in table)
+
+
+def run_synthesis(config: RunConfig, checked: list[CheckedRun]) -> list[dict]:
     """Prepare (if needed) and synthesise every checked run with the bundle ``config.model``."""
     from ..reports.html import Section, write_report
     from ..synth.inputs import app_sampler
@@ -185,7 +223,9 @@ def run_synthesis(config, checked: list[CheckedRun]) -> list[dict]:
         sections = [Section(f"{res['run'].run.prefix}: synthetic DWI", res["outputs"]["figure"],
                             "The middle brain slice of the first volume of each shell: acquired (when the target "
                             "is the acquired scheme), synthetic, their absolute difference, and the per-voxel "
-                            "standard deviation over samples (with --samples > 1).")
+                            "standard deviation over samples (with --samples > 1)." + (METRICS_CAPTION
+                                                                                       if res["summary"] else ""),
+                            summary_table(res["summary"]) if res["summary"] else ())
                     for res in results if res["run"].run.subject == subject]
         notes = [f"Model {bundle.path} (sha256 {bundle.weights_sha256[:12]}), sampler {opts.sampler}, "
                  f"steps {opts.steps}, strength {opts.strength:g}, seed {config.seed}."]
