@@ -98,6 +98,11 @@ class RunConfig:
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
     b0_threshold: float = 50.0
+    hmc: str = "rigid"
+    """head-motion correction: rigid (one rigid registration per volume) or none"""
+    fd_threshold: float = 1.0
+    """mm; volumes above this framewise displacement are listed (not dropped). 1 mm: half a 2 mm DWI voxel;
+    fMRIPrep's 0.5 mm is for BOLD volumes 1-2 s apart, DWI volumes are 3-10 s apart"""
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_gb: float | None = None

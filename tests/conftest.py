@@ -125,3 +125,28 @@ def start_app(args: list, templateflow_home: Path, **popen) -> subprocess.Popen:
     popen = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True, **popen}
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *map(str, args)], env=env,
                             start_new_session=True, **popen)
+
+
+def bundle_angle(dwi: Path, bval: Path, bvec: Path, truth) -> float:
+    """Median angle (degrees) between the DTI principal direction (b <= 1050 volumes) of a prepared run and
+    the template's true bundle direction (``truth``: the phantom's template-space ``Truth``), in template
+    voxels of white matter crossed by exactly one bundle."""
+    import dipy.reconst.dti as dti
+    import nibabel as nib
+    import numpy as np
+    from dipy.core.gradients import gradient_table
+
+    from bids_phydiff.prep.gradients import fsl_to_world, read_fsl
+
+    img = nib.load(dwi)
+    table = read_fsl(bval, bvec)
+    keep = table.bvals <= 1000 + 50
+    fit = dti.TensorModel(gradient_table(table.bvals[keep], bvecs=table.bvecs[keep])).fit(img.get_fdata()[..., keep])
+    evecs = fsl_to_world(fit.evecs[..., :, 0].reshape(-1, 3), img.affine).reshape(fit.evecs.shape[:3] + (3,))
+    labels = truth.tract_labels()
+    single = ((truth.tracts >= 0.5).sum(axis=-1) == 1) & (labels > 0) & (truth.tissue_labels() == 3)
+    k = len(truth.bundles)
+    true_dirs = truth.directions.reshape(truth.shape + (k, 3))[single, labels[single] - 1]
+    assert single.sum() > 200
+    cos = np.abs(np.sum(true_dirs * evecs[single], axis=-1)) / np.linalg.norm(evecs[single], axis=-1)
+    return float(np.degrees(np.median(np.arccos(np.clip(cos, 0, 1)))))

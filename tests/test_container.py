@@ -220,12 +220,9 @@ def test_every_pin_in_the_dockerfile_agrees_with_setup_cfg_and_the_lock():
 
 def test_the_lock_the_image_installs_covers_install_requires():
     stages = _stages(_parser())
-    runtime = stages[list(stages)[-1]][1]
-    copies = [i["value"].split() for i in runtime if i["instruction"] == "COPY"]
-    lock_copy = [c for c in copies if c[0] == "requirements.lock"]
-    assert lock_copy, "requirements.lock is not copied into the image"
-    target = lock_copy[0][-1]
-    assert any(re.search(rf"pip install [^&]*-r {re.escape(target)}", r) for r in _runs(list(stages)[-1]))
+    # the build context is mounted at /tmp/bids_phydiff/src for the install step (no COPY layer)
+    installs = [r for r in _runs(list(stages)[-1]) if "--mount=type=bind,target=/tmp/bids_phydiff/src" in r]
+    assert installs and re.search(r"pip install [^&]*-r /tmp/bids_phydiff/src/requirements\.lock", installs[0])
 
     lock = _lock()
     for name, req in _install_requires().items():
@@ -239,9 +236,15 @@ def test_the_lock_the_image_installs_covers_install_requires():
 
 def test_package_installed_as_a_regular_install_after_the_lock():
     runs = _runs(list(_stages(_parser()))[-1])
-    package = [r for r in runs if re.search(r"pip install [^&]*--no-deps /tmp/bids_phydiff/src\b", r)]
-    assert package and "-e " not in package[0] and "pip check" in package[0]
-    assert runs.index(package[0]) > next(i for i, r in enumerate(runs) if "-r /tmp/bids_phydiff/requirements.lock" in r)
+    package = [r for r in runs if re.search(r"pip install [^&]*--no-deps /tmp/bids_phydiff/src(?![/\w])", r)]
+    assert package and not re.search(r"pip install [^&]*(-e|--editable) /tmp/bids_phydiff/src", package[0])
+    step = package[0]
+    assert "pip check" in step
+    assert step.index("-r /tmp/bids_phydiff/src/requirements.lock") < step.index("--no-deps /tmp/bids_phydiff/src ")
+    # the source is a read-write bind mount of the build context: it leaves no layer in the image
+    assert "--mount=type=bind,target=/tmp/bids_phydiff/src,rw" in step
+    copies = [i["value"] for i in _parser().structure if i["instruction"] in ("COPY", "ADD")]
+    assert not [c for c in copies if c.split()[0] == "."], copies
 
 
 def test_gpu_variant_builds_natten_in_a_devel_stage_for_the_runtime_cuda():
@@ -265,8 +268,8 @@ def test_gpu_variant_builds_natten_in_a_devel_stage_for_the_runtime_cuda():
     assert re.fullmatch(r"cu\d{3}", args["TORCH_CUDA"])
     assert args["TORCH_CUDA"] == "cu" + "".join(args["CUDA_VERSION"].split(".")[:2])
     final = " ".join(_runs(chain[0]))
-    assert "COPY --from=natten-wheels" in "\n".join(
-        f"COPY {i['value']}" for i in stages[chain[0]][1] if i["instruction"] == "COPY")
+    # the wheels are mounted from the natten stage for the install step only
+    assert "--mount=type=bind,from=natten-wheels,source=/wheels,target=/tmp/wheels" in final
     assert "import torch, natten" in final
 
 
@@ -276,7 +279,9 @@ def test_cpu_variant_uses_no_cuda_image_and_the_cpu_torch_wheel():
     args = _global_args()
     bases = [_expand(stages[name][0], args) for name in chain if name in stages]
     assert not any("nvidia" in b for b in bases), bases
-    assert re.fullmatch(r"ubuntu:[\d.]+", chain[-1]) or re.fullmatch(r"ubuntu:\$\{UBUNTU_VERSION\}", chain[-1])
+    # the CPU base is a build argument (a local Debian image for offline builds), Ubuntu by default
+    assert stages["base-cpu"][0] == "${CPU_BASE_IMAGE}" and chain[-1] == "ubuntu:${UBUNTU_VERSION}"
+    assert re.fullmatch(r"ubuntu:\$\{UBUNTU_VERSION\}", args["CPU_BASE_IMAGE"])
     assert _parser(VARIANT="cpu").baseimage == "base-cpu"
     final = " ".join(_runs(chain[0]))
     assert "https://download.pytorch.org/whl/cpu" in " ".join(
@@ -299,6 +304,7 @@ def test_build_time_smoke_test_runs_as_the_app_user():
 def test_templates_are_fetched_at_build_time_into_templateflow_home():
     runs = " ".join(_runs(list(_stages(_parser()))[-1]))
     assert "python /opt/bids_phydiff/fetch_templates.py" in runs
+    assert "install -m 0644 /tmp/bids_phydiff/src/docker/fetch_templates.py /opt/bids_phydiff/fetch_templates.py" in runs
     sys.path.insert(0, str(REPO / "docker"))
     try:
         import fetch_templates
@@ -367,7 +373,8 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
 
     needed = ["setup.cfg", "pyproject.toml", "README.md", "requirements.lock", "run.py",
               "docker/fetch_templates.py", "bids_phydiff/__init__.py", "bids_phydiff/cli/run.py",
-              "configs/phydiff.yml", "configs/ddpm.yml"]
+              "configs/phydiff.yml", "configs/ddpm.yml", "docker/with_pip_ca.sh", "docker/wheels/x.whl",
+              "docker/templateflow/tpl-MNI305/tpl-MNI305_T1w.nii.gz"]
     for path in needed:
         assert not ignored(path), f"{path} is needed by the build but .dockerignore drops it"
     for path in [".venv/bin/python", ".git/config", "work/x", "demo/bids/x",
@@ -378,6 +385,77 @@ def test_dockerignore_keeps_what_the_build_copies_and_drops_the_rest():
     for source in copied:
         if source != ".":
             assert not ignored(source), source
+
+
+def _instructions(stage: str) -> list[dict]:
+    return _stages(_parser())[stage][1]
+
+
+def test_buildkit_is_stated_and_needed_without_a_registry_frontend():
+    """The legacy builder runs every stage (a CPU build would compile natten): the recipe needs BuildKit, says
+    so, and stops the legacy builder at parse time through its RUN --mount steps. No `# syntax=` line: it
+    pulls the Dockerfile frontend from a registry, which an offline build cannot."""
+    text = DOCKERFILE.read_text()
+    header = text.split("\nARG ", 1)[0]
+    assert "BuildKit" in header and "DOCKER_BUILDKIT=1" in header
+    assert not re.search(r"^#\s*syntax\s*=", text, re.M | re.I)
+    assert re.search(r"^RUN --mount=", text, re.M)
+    assert "BuildKit" in (REPO / "docs" / "hpc.md").read_text()
+
+
+def test_pip_ca_bundle_is_a_secret_that_never_reaches_the_image():
+    text = DOCKERFILE.read_text()
+    assert "--secret id=pip_ca" in text  # documented in the header
+    secret_runs = [r for stage in _stages(_parser()) for r in _runs(stage) if "type=secret,id=pip_ca" in r]
+    assert secret_runs
+    for run in secret_runs:  # every step that uses it goes through the wrapper that deletes the bundle
+        assert "with_pip_ca.sh" in run
+    for item in _parser().structure:  # never copied, never in an ENV or ARG of any stage
+        if item["instruction"] in ("COPY", "ADD", "ENV", "ARG", "LABEL"):
+            assert not re.search(r"pip_ca|PIP_CERT|REQUESTS_CA_BUNDLE|/run/secrets", item["value"]), item
+    wrapper = (REPO / "docker" / "with_pip_ca.sh").read_text()
+    assert "/run/secrets/pip_ca" in wrapper and "trap 'rm -f" in wrapper and 'PIP_CERT="${bundle}"' in wrapper
+
+
+def test_extra_ca_bundle_wrapper_runs_the_command_with_and_without_the_secret(tmp_path):
+    wrapper = REPO / "docker" / "with_pip_ca.sh"
+    proc = subprocess.run(["sh", str(wrapper), "sh", "-c", 'echo "cert=${PIP_CERT:-none}"; exit 3'],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 3 and proc.stdout.strip() == "cert=none"  # no secret: unchanged, exit code kept
+
+
+def test_templateflow_prefill_from_the_build_context_is_copied_then_checked():
+    runs = [r for r in _runs(list(_stages(_parser()))[-1]) if "fetch_templates.py" in r and "templateflow" in r]
+    assert runs, "no template step"
+    step = runs[0]
+    assert "--mount=type=bind,source=docker,target=/tmp/docker" in step
+    assert 'cp -r "${tpl}" /opt/templateflow/' in step and "/tmp/docker/templateflow/tpl-*" in step
+    # copied first, then fetch_templates.py checks every file and downloads only what is missing
+    assert step.index("cp -r") < step.index("python /opt/bids_phydiff/fetch_templates.py")
+    folder = REPO / "docker" / "templateflow"
+    assert (folder / "README.md").is_file()
+    assert "*" in (folder / ".gitignore").read_text().split()  # a filled home is never committed
+
+
+def test_torch_can_come_from_a_local_wheel_folder_and_other_indexes_are_build_args():
+    args = {i["value"].split("=", 1)[0] for i in _parser().structure if i["instruction"] == "ARG"}
+    assert {"TORCH_INDEX_URL", "TORCH_CPU_INDEX_URL", "PIP_INDEX_URL", "CPU_BASE_IMAGE"} <= args
+    step = next(r for r in _runs(list(_stages(_parser()))[-1]) if "torch==${TORCH_VERSION}" in r)
+    assert "PIP_FIND_LINKS=/tmp/bids_phydiff/src/docker/wheels" in step
+    assert 'else from="--no-index --no-deps"; fi' in step
+    assert "pip uninstall -y -q pip" in step  # no installer left in the image
+    assert "*" in (REPO / "docker" / "wheels" / ".gitignore").read_text().split()
+
+
+def test_smoke_script_runs_every_level_locked_down():
+    script = (REPO / "docker" / "smoke.sh").read_text()
+    assert script.startswith("#!/usr/bin/env bash\n") and (REPO / "docker" / "smoke.sh").stat().st_mode & 0o111
+    for needle in ("--read-only", "--network none", "-u \"$RUNAS\"", "/data:ro", "DOCKER_BUILDKIT=0",
+                   "docker diff" if "docker diff" in script else '"$DOCKER" diff', "--help", "--version",
+                   "bids_phydiff.phantom", "--resolution 4", " group ", "--model /out/models/model-tiny",
+                   "real-bids", "--participant-label xa30", "validate('/out')", "-perm -0044"):
+        assert needle in script, needle
+    assert subprocess.run(["bash", "-n", str(REPO / "docker" / "smoke.sh")]).returncode == 0
 
 
 # ---------------------------------------------------------------------------------------------------------

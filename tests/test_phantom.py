@@ -349,3 +349,59 @@ def test_generate_refuses_a_foreign_folder_and_replaces_its_own(tmp_path):
     ds = generate(out, PhantomConfig(subjects=1, resolution=8.0, directions=6, shells=(1000,)), overwrite=True)
     assert ds.subjects == ("01",) and not (out / "sub-02").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_motion_moves_each_volume_and_keeps_the_scanner_bvecs(phantom, tmp_path):
+    """--motion: per-volume truth under sourcedata/truth, the .bvec as the scanner wrote it (the nominal
+    scheme), and a moved volume equal to the still head seen through the inverse motion with the gradient
+    turned back into the head's frame (R^T g)."""
+    from bids_phydiff.phantom.dataset import gradient_scheme
+    from bids_phydiff.phantom.grid import Grid
+    from bids_phydiff.phantom.motion import moved
+    from bids_phydiff.phantom.signal import TissueModel
+    from bids_phydiff.phantom.truth import render_truth
+    from bids_phydiff.prep.gradients import fsl_to_world
+    from bids_phydiff.prep.motion import parameters_of, read_confounds, rigid_matrix
+
+    config = PhantomConfig(subjects=1, resolution=8.0, seed=2, directions=6, shells=(1000.0,), motion_mm=3.0)
+    ds = generate(tmp_path / "moved", config)
+    assert _validate(ds.bids_dir) == []
+    truth_tsv = ds.truth_dir / "sub-01" / "sub-01_motion.tsv"
+    params = parameters_of(read_confounds(truth_tsv))
+    n = config.n_b0 + config.directions
+    assert params.shape == (n, 6) and np.all(params[0] == 0)
+    assert 1.5 <= np.abs(params[:, :3]).max() <= 3.0 + 1e-6
+    assert np.deg2rad(1.5) <= np.abs(params[:, 3:]).max() <= np.deg2rad(3.0) + 1e-9
+    assert truth_tsv.with_suffix(".json").is_file()
+    img, table = _dwi(ds, "01")
+    np.testing.assert_allclose(table.bvecs, gradient_scheme(config).bvecs, atol=1e-6)  # not rotated
+
+    still_truth = read_truth(ds.truth_dir / "sub-01")
+    deformation = Deformation.from_json(still_truth.metadata["transform_to_template"])
+    affine, shape = still_truth.affine, still_truth.shape
+    v = int(np.argmax(np.abs(params[:, 3:]).sum(axis=1) * (table.bvals > 0)))
+    m = rigid_matrix(params[v])
+    g = fsl_to_world(table.bvecs[v:v + 1], affine)
+    direct = render_truth(Grid(shape, affine), moved(deformation, params[v]), TissueModel())
+    seen = render_truth(Grid(shape, np.linalg.inv(m) @ affine), deformation, TissueModel())
+    a = direct.signal_world(table.bvals[v:v + 1], g)
+    b = seen.signal_world(table.bvals[v:v + 1], g @ m[:3, :3])  # rows: (R^T g)^T = g^T R
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-2)
+    unturned = seen.signal_world(table.bvals[v:v + 1], g)
+    assert np.abs(a - unturned).max() > 10 * np.abs(a - b).max()
+    # the acquired volume is that signal plus noise
+    sigma = still_truth.metadata["sigma"]
+    residual = np.asarray(img.dataobj[..., v], dtype=float) - a[..., 0]
+    assert abs(np.median(residual[a[..., 0] > 20 * sigma])) < sigma
+
+    # default: no motion, no motion truth
+    assert not list(phantom.truth_dir.rglob("*_motion.tsv"))
+
+
+def test_cli_motion_option():
+    from bids_phydiff.phantom.__main__ import build_parser
+
+    assert build_parser().parse_args(["out", "--motion", "2.5"]).motion_mm == 2.5
+    assert build_parser().parse_args(["out"]).motion_mm == 0.0
+    with pytest.raises(PhantomConfigError, match="motion_mm"):
+        PhantomConfig(motion_mm=11)

@@ -22,11 +22,11 @@ import pytest
 from bids_phydiff.bids.validation import validate
 from bids_phydiff.phantom import PhantomConfig, generate
 from bids_phydiff.phantom.truth import read_truth
-from bids_phydiff.prep.gradients import fsl_to_world, read_fsl, write_reoriented_fsl
+from bids_phydiff.prep.gradients import read_fsl, write_reoriented_fsl
 from bids_phydiff.prep.resample import resample_mask
 from bids_phydiff.prep.templates import load_template
 
-from conftest import REPO
+from conftest import REPO, bundle_angle as _bundle_angles
 
 PHANTOM = PhantomConfig(subjects=3, resolution=4.0, seed=1, rotation_deg=20.0, without_t1w=("03",))
 SUBJECTS = ("01", "02", "03")
@@ -147,26 +147,6 @@ def test_white_matter_lands_on_the_template_white_matter(prepared, tmp_path):
         dice[sub] = 2 * (moved & template_wm).sum() / (moved.sum() + template_wm.sum())
     print("WM Dice:", dice)
     assert min(dice.values()) >= 0.8
-
-
-def _bundle_angles(dwi: Path, bval: Path, bvec: Path, truth) -> float:
-    """Median angle (degrees) between the DTI principal direction and the template's true bundle
-    direction, in template voxels of white matter crossed by exactly one bundle."""
-    import dipy.reconst.dti as dti
-    from dipy.core.gradients import gradient_table
-
-    img = nib.load(dwi)
-    table = read_fsl(bval, bvec)
-    keep = table.bvals <= 1000 + 50
-    fit = dti.TensorModel(gradient_table(table.bvals[keep], bvecs=table.bvecs[keep])).fit(img.get_fdata()[..., keep])
-    evecs = fsl_to_world(fit.evecs[..., :, 0].reshape(-1, 3), img.affine).reshape(fit.evecs.shape[:3] + (3,))
-    labels = truth.tract_labels()
-    single = ((truth.tracts >= 0.5).sum(axis=-1) == 1) & (labels > 0) & (truth.tissue_labels() == 3)
-    k = len(truth.bundles)
-    true_dirs = truth.directions.reshape(truth.shape + (k, 3))[single, labels[single] - 1]
-    assert single.sum() > 200
-    cos = np.abs(np.sum(true_dirs * evecs[single], axis=-1)) / np.linalg.norm(evecs[single], axis=-1)
-    return float(np.degrees(np.median(np.arccos(np.clip(cos, 0, 1)))))
 
 
 def test_tensor_directions_follow_the_rotated_bundles(prepared, tmp_path):

@@ -31,6 +31,7 @@ BIDSIGNORE = [
     "**/*_dwi.bvec",
     "**/*_dwiref.*",
     "**/*_xfm.*",
+    "**/*_timeseries.*",  # the motion confounds: the schema has timeseries for func only
     "**/*metrics.tsv",
 ]
 

@@ -143,6 +143,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         skip_bids_validation=args.skip_bids_validation,
         bids_database_dir=database_dir,
         b0_threshold=args.b0_threshold,
+        hmc=args.hmc,
+        fd_threshold=args.fd_threshold,
         nprocs=nprocs,
         omp_nthreads=omp,
         mem_gb=args.mem_gb,

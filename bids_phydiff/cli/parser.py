@@ -163,6 +163,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=50.0,
         help="volumes with b <= this (s/mm^2) count as b0",
     )
+    sel.add_argument(
+        "--hmc",
+        dest="hmc",
+        choices=("rigid", "none"),
+        default="rigid",
+        help="head-motion correction: one rigid registration per volume, composed with the template registration "
+        "(none: every volume goes through the b0 reference's transform)",
+    )
+    sel.add_argument(
+        "--fd-threshold",
+        dest="fd_threshold",
+        type=_positive_float,
+        default=1.0,
+        metavar="MM",
+        help="volumes whose framewise displacement (Power, mm) exceeds this are listed in the log and in the "
+        "confounds sidecar (not dropped)",
+    )
 
     perf = parser.add_argument_group("resources and execution")
     perf.add_argument("-w", "--work-dir", dest="work_dir", type=Path, help="intermediate files (default: ./work)")

@@ -244,6 +244,13 @@ class PhyDiffConfig(JsonConfig):
     ``"regression"`` = the same backbone, conditions and adapter used as a deterministic regression
     baseline: input x_t = zeros at t = 0 beside the b0 channel, output read as the target slice itself,
     trained with L2 to it, synthesised in one forward pass (the schedule is then unused).
+
+    ``x0_skip`` (x0 objective only; False for a config without the key): the network's output F is read
+    through the v parameterisation, x0 = sqrt(abar) x_t - sqrt(1 - abar) F (EDM's skip for unit data
+    variance), and the loss stays the unweighted x0 MSE. At low noise x0 is then x_t plus a small correction,
+    so the prediction keeps x_t's detail; without it the network must copy x_t through its patch split and,
+    at the budgets measured, does not (block-constant output even at t = 0 on real scans: docs/evaluation.md,
+    "Patch seams and blur on real scans").
     """
 
     backbone: HDiTConfig
@@ -251,10 +258,13 @@ class PhyDiffConfig(JsonConfig):
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     adapter: AdapterConfig | None = None
     objective: Literal["eps", "v", "x0", "regression"] = "eps"
+    x0_skip: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
+        if self.x0_skip and self.objective != "x0":
+            raise ValueError(f"x0_skip applies to the x0 objective only, not to {self.objective!r}")
 
     def replace(self, **changes: Any) -> PhyDiffConfig:
         """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``."""

@@ -173,6 +173,8 @@ class PhyDiff(nn.Module):
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
         out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
+        if self.config.x0_skip:
+            return F.mse_loss(self.schedule.x0_from_v(x_t.float(), t, g, out.float()), x0)
         target = self.schedule.loss_target(self.config.objective, x0, noise.float(), t, g)
         return F.mse_loss(out.float(), target)
 
@@ -180,7 +182,8 @@ class PhyDiff(nn.Module):
         """The noise implied by the network's output ``out`` for x_t (all (B, 1, H, W), float32), through the
         per-pixel schedule (:meth:`~.schedule.PhysicsSchedule.predict_eps`): ``out`` itself for the eps
         objective, (x_t - sqrt(abar) x0) / sqrt(1 - abar) for x0, sqrt(1 - abar) x_t + sqrt(abar) v for v."""
-        return self.schedule.predict_eps(self.config.objective, x_t, t, g, out)
+        objective = "v" if self.config.x0_skip else self.config.objective
+        return self.schedule.predict_eps(objective, x_t, t, g, out)
 
     # -------------------------------------------------------------------------------------- regression
 

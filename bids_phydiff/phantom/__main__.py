@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template-name", default="Phantom", help="template identifier (default Phantom)")
     p.add_argument("--template-resolutions", type=_numbers, default=(),
                    help="extra whole-mm template resolutions, comma-separated")
+    p.add_argument("--motion", type=float, default=0.0, dest="motion_mm", metavar="MM",
+                   help="head motion during each DWI run: translations up to MM mm and rotations up to MM degrees "
+                        "per volume, true values under sourcedata/truth (default 0: no motion)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier phantom in OUT")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects=args.subjects, resolution=args.resolution, seed=args.seed, shells=args.shells,
             directions=args.directions, n_b0=args.n_b0, snr=args.snr, sessions=args.sessions, runs=args.runs,
             without_t1w=args.without_t1w, template_name=args.template_name,
-            template_resolutions=args.template_resolutions,
+            template_resolutions=args.template_resolutions, motion_mm=args.motion_mm,
         )
         ds = generate(args.out, config, overwrite=args.overwrite)
     except PhydiffError as exc:
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  DWI           : {config.resolution:g} mm, {n_vol} volumes (b0 x{config.n_b0}, shells "
           f"{'/'.join(f'{b:g}' for b in config.shells)} x{config.directions}), SNR {config.snr:g}")
     missing = f", none for {', '.join(config.without_t1w)}" if config.without_t1w else ""
+    if config.motion_mm:
+        print(f"  head motion   : up to {config.motion_mm:g} mm / {config.motion_mm:g} degrees per volume")
     print(f"  T1w           : {config.t1w_voxel:g} mm{missing}")
     resolutions = ", ".join(f"res-{int(r):02d}" for r in config.all_template_resolutions)
     print(f"  template      : tpl-{ds.template_name} {resolutions} (TEMPLATEFLOW_HOME={ds.templateflow_home})")

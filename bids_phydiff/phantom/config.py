@@ -32,7 +32,9 @@ class PhantomConfig:
     every extra resolution in ``template_resolutions`` (whole mm; a fractional ``resolution`` is
     rounded for the template). Per subject a rigid motion (rotations up to
     ``rotation_deg`` about each axis, translations up to ``translation_mm``) and a smooth
-    displacement of at most ``deformation_mm`` are drawn from ``seed``.
+    displacement of at most ``deformation_mm`` are drawn from ``seed``. ``motion_mm`` > 0 moves the head
+    during each DWI run, volume by volume (translations up to ``motion_mm`` mm and rotations up to
+    ``motion_mm`` degrees about each axis; see :mod:`.motion`); 0 (default) keeps it still.
     """
 
     subjects: int = 3
@@ -52,6 +54,7 @@ class PhantomConfig:
     rotation_deg: float = 10.0
     translation_mm: float = 5.0
     deformation_mm: float = 3.0
+    motion_mm: float = 0.0
     orientations: tuple[str, ...] = field(default=("RAS", "LAS"))
 
     def __post_init__(self):
@@ -82,6 +85,7 @@ class PhantomConfig:
             (0 <= self.rotation_deg <= 30, f"rotation_deg must be 0..30, got {self.rotation_deg}"),
             (0 <= self.translation_mm <= 10, f"translation_mm must be 0..10, got {self.translation_mm}"),
             (0 <= self.deformation_mm <= 6, f"deformation_mm must be 0..6, got {self.deformation_mm}"),
+            (0 <= self.motion_mm <= 10, f"motion_mm must be 0..10, got {self.motion_mm}"),
             (len(self.orientations) >= 1, "at least one orientation is needed"),
             (
                 all(o in ("RAS", "LAS") for o in self.orientations),

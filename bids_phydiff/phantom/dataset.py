@@ -7,13 +7,14 @@ Layout of ``out_dir``::
     sub-XX[/ses-Y]/dwi/sub-XX[_ses-Y][_run-R]_dwi.nii.gz (+ .bval .bvec .json)
     sourcedata/templateflow/tpl-<Name>/...          (a TemplateFlow home)
     sourcedata/truth/sub-XX[/ses-Y]/...              (ground truth on the subject's DWI grid)
+    sourcedata/truth/sub-XX[/ses-Y]/<run>_motion.tsv (true per-volume head motion, only with motion_mm > 0)
     sourcedata/truth/template/res-RR/...             (ground truth on the template grid)
     sourcedata/truth/phantom.json                    (the configuration and what was written)
 
 Randomness: subject i draws everything from ``SeedSequence(seed, spawn_key=(i, ...))``, so a subject
 does not change when more subjects are asked for. Sessions of a subject share its anatomy
 (smooth deformation) and differ in head position; runs of a session share the head position and
-differ in noise.
+differ in noise (and, with ``motion_mm`` > 0, each run has its own head motion: see :mod:`.motion`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .anatomy import HEAD_SEMI_AXES, tissue_fractions
 from .config import PhantomConfig
 from .deformation import random_rigid, random_warp
 from .grid import Grid, centred_grid
+from .motion import moved, random_motion, write_motion_truth
 from .nifti import save_nifti
 from .signal import TissueModel, add_rician_noise
 from .template import resolution_label, write_template
@@ -45,7 +47,9 @@ log = logging.getLogger(__name__)
 FOV_MARGIN_MM = 4.0
 """Room left around the moved head in the subject field of view, beyond translation and warp."""
 
-_KEY_WARP, _KEY_RIGID, _KEY_DWI_NOISE, _KEY_T1W_NOISE = range(4)
+_KEY_WARP, _KEY_RIGID, _KEY_DWI_NOISE, _KEY_T1W_NOISE, _KEY_MOTION = range(5)
+
+MOTION_REACH = 1.0 + np.deg2rad(1.0) * max(HEAD_SEMI_AXES)
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ def gradient_scheme(config: PhantomConfig) -> GradientTable:
 def subject_grids(config: PhantomConfig, orientation: str) -> tuple[Grid, Grid]:
     """``(dwi_grid, t1w_grid)``: same field of view, centred on the scanner origin."""
     half = np.asarray(HEAD_SEMI_AXES) + config.translation_mm + config.deformation_mm + FOV_MARGIN_MM
+    if config.motion_mm > 0:  # room for the head's motion during the run (mm per motion_mm: shift + turn)
+        half = half + MOTION_REACH * config.motion_mm
     return centred_grid(half, config.resolution, orientation), centred_grid(half, config.t1w_voxel, orientation)
 
 
@@ -130,8 +136,12 @@ def _write_subject(root: Path, truth_root: Path, config: PhantomConfig, index: i
         }
         truth = render_truth(dwi_grid, deformation, model, metadata)
         truth.write(truth_folder(truth_root, label, session))
-        clean = truth.signal(scheme.bvals, scheme.bvecs)
+        clean = truth.signal(scheme.bvals, scheme.bvecs) if config.motion_mm == 0 else None
         for r, stem in enumerate(stems):
+            if config.motion_mm > 0:
+                params = random_motion(_rng(config.seed, index, _KEY_MOTION, s, r), len(scheme), config.motion_mm)
+                write_motion_truth(truth_folder(truth_root, label, session) / f"{stem}_motion.tsv", params)
+                clean = _moving_head_signal(dwi_grid, deformation, model, scheme, params)
             noisy = add_rician_noise(clean, sigma, _rng(config.seed, index, _KEY_DWI_NOISE, s, r))
             save_nifti(dwi_dir / f"{stem}_dwi.nii.gz", noisy, dwi_grid.affine, np.int16,
                        repetition_time=sidecar["RepetitionTime"])
@@ -145,6 +155,17 @@ def _write_subject(root: Path, truth_root: Path, config: PhantomConfig, index: i
             write_json(t1w_path.with_name(f"{bids_stem(label, session)}_T1w.json"), T1W_SIDECAR)
     log.info("subject %s: DWI grid %s (%s), %d session(s)", label, dwi_grid.shape, orientation,
              len(config.session_labels))
+
+
+def _moving_head_signal(grid: Grid, deformation, model: TissueModel, scheme: GradientTable,
+                        params: np.ndarray) -> np.ndarray:
+    """Noise-free DWI ``(X, Y, Z, N)``: volume ``v`` rendered from the anatomy with the head moved by
+    ``params[v]``, measured with the nominal (scanner-frame) gradient of the scheme."""
+    out = np.empty((*grid.shape, len(scheme)), dtype=np.float64)
+    for v in range(len(scheme)):
+        truth = render_truth(grid, moved(deformation, params[v]), model)
+        out[..., v] = truth.signal(scheme.bvals[v:v + 1], scheme.bvecs[v:v + 1])[..., 0]
+    return out
 
 
 def _prepare_target(out_dir: Path, overwrite: bool) -> None:
@@ -210,6 +231,15 @@ def _dataset(root: Path, config: PhantomConfig) -> PhantomDataset:
     )
 
 
+def _config_json(config: PhantomConfig) -> dict:
+    """The configuration as written to phantom.json (``motion_mm`` only when used, so a still phantom's
+    files are those of earlier versions)."""
+    data = asdict(config)
+    if not config.motion_mm:
+        data.pop("motion_mm")
+    return data
+
+
 def _write_all(root: Path, config: PhantomConfig, model: TissueModel) -> None:
     truth_root = root / "sourcedata" / "truth"
     home = root / "sourcedata" / "templateflow"
@@ -224,7 +254,7 @@ def _write_all(root: Path, config: PhantomConfig, model: TissueModel) -> None:
     write_top_level(root, config, orientations)
     summary = {
         "generator": f"bids_phydiff.phantom {__version__}",
-        "config": asdict(config),
+        "config": _config_json(config),
         "tissue_model": asdict(model),
         "subjects": list(config.subject_labels),
         "sessions": [s for s in config.session_labels if s is not None],

@@ -18,6 +18,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..prep.motion import rotation_angles, rotation_matrix
+
 PERIOD_MM = 240.0
 """Period ``L`` of the displacement modes: wavelengths of 85-240 mm."""
 
@@ -90,7 +92,7 @@ class Deformation:
             ),
             "rotation": self.rotation.tolist(),
             "translation_mm": self.translation.tolist(),
-            "rotation_angles_deg": rotation_angles(self.rotation).tolist(),
+            "rotation_angles_deg": np.rad2deg(rotation_angles(self.rotation)).tolist(),
             "wavevectors": self.wavevectors.tolist(),
             "phases_rad": self.phases.tolist(),
             "amplitudes_mm": self.amplitudes.tolist(),
@@ -109,29 +111,11 @@ class Deformation:
         )
 
 
-def rotation_matrix(angles_deg) -> np.ndarray:
-    """``Rz @ Ry @ Rx`` for rotations (degrees) about the x, y and z world axes."""
-    ax, ay, az = np.deg2rad(np.asarray(angles_deg, dtype=np.float64))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def rotation_angles(rotation: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`rotation_matrix` (degrees), for angles within +-90."""
-    r = np.asarray(rotation, dtype=np.float64)
-    ay = np.arcsin(-np.clip(r[2, 0], -1.0, 1.0))
-    ax = np.arctan2(r[2, 1], r[2, 2])
-    az = np.arctan2(r[1, 0], r[0, 0])
-    return np.rad2deg([ax, ay, az])
-
-
 def random_rigid(rng: np.random.Generator, rotation_deg: float, translation_mm: float):
     """Rotation ``(3, 3)`` with angles uniform in +-``rotation_deg`` and translation uniform in +-``translation_mm``."""
     angles = rng.uniform(-rotation_deg, rotation_deg, size=3)
     translation = rng.uniform(-translation_mm, translation_mm, size=3)
-    return rotation_matrix(angles), translation
+    return rotation_matrix(np.deg2rad(angles)), translation
 
 
 def random_warp(rng: np.random.Generator, deformation_mm: float, n_modes: int = N_MODES) -> Deformation:

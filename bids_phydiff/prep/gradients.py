@@ -339,18 +339,32 @@ def write_reoriented_fsl(
     out_bvec: str | Path,
     transforms=(),
     invert=None,
+    volume_transforms=None,
 ) -> tuple[Path, Path]:
     """Write the gradient table of ``source_image`` for ``target_image``: b-vectors rotated by the linear
     part of the registration ``transforms`` (ANTs files mapping target points to source points, e.g. the
     forward DWI -> template ``.h5``) and expressed in the FSL convention of the target image's axes.
-    b-values are copied. With no transforms only the axes change (same world space)."""
+    b-values are copied. With no transforms only the axes change (same world space).
+
+    ``volume_transforms``: one more file per volume, acting last on a target point (its head-motion
+    correction: b0-reference points -> that volume's points), so b-vector ``i`` is rotated by the linear
+    part of its own chain: the head's rotation during volume ``i`` undone, then the b0 -> template part."""
     import nibabel as nib
 
     table = read_fsl(bval_path, bvec_path)
     source_affine = nib.load(str(source_image)).affine
     target_affine = nib.load(str(target_image)).affine
-    world_linear = ants_world_linear(transforms, invert) if transforms else None
-    bvecs = reorient_bvecs(table.bvecs, source_affine, target_affine, world_linear)
+    if volume_transforms is not None:
+        extra = list(volume_transforms)
+        if len(extra) != len(table):
+            raise GradientError(f"{bvec_path}: {len(table)} b-vectors but {len(extra)} per-volume transforms")
+        files, flags = list(transforms), list(invert) if invert is not None else [False] * len(transforms)
+        bvecs = np.array([reorient_bvecs(table.bvecs[i:i + 1], source_affine, target_affine,
+                                         ants_world_linear(files + [f], flags + [False]))[0]
+                          for i, f in enumerate(extra)])
+    else:
+        world_linear = ants_world_linear(transforms, invert) if transforms else None
+        bvecs = reorient_bvecs(table.bvecs, source_affine, target_affine, world_linear)
     out_bval, out_bvec = Path(out_bval), Path(out_bvec)
     with atomic_path(out_bval) as tmp_bval, atomic_path(out_bvec) as tmp_bvec:
         write_fsl(GradientTable(table.bvals, bvecs), tmp_bval, tmp_bvec)

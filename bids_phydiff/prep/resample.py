@@ -98,21 +98,30 @@ def resample_series(
     interpolation: str = "linear",
     invert=None,
     clip_negative: bool = True,
+    volume_transforms=None,
 ) -> Path:
     """Resample a 3D or 4D image onto ``reference`` (a :class:`TemplateGrid` or an image path) through
     ``transforms`` (an ``.h5`` path or a list in ANTs order, with ``invert`` flags), one interpolation per
     volume. Negative values (from B-spline overshoot) are set to 0 when ``clip_negative``. Written as float32
-    with the reference's affine; the 4th-dimension zoom of a 4D input is kept."""
+    with the reference's affine; the 4th-dimension zoom of a 4D input is kept.
+
+    ``volume_transforms``: one more transform file per volume (e.g. its head-motion correction, mapping
+    points of the b0 reference to that volume), acting last on the point, so each volume goes through its
+    own composed chain and is still interpolated once."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     if interpolation not in INTERPOLATORS:
         raise ValueError(f"interpolation must be one of {sorted(INTERPOLATORS)}, got {interpolation!r}")
     files = [Path(transforms)] if isinstance(transforms, (str, Path)) else [Path(t) for t in transforms]
     invert = [False] * len(files) if invert is None else [bool(b) for b in invert]
-    for f in files:
+    extra = None if volume_transforms is None else [Path(f) for f in volume_transforms]
+    for f in files + (extra or []):
         if not f.is_file():
             raise AntsError(f"{f}: transform file not found")
     source = load_image(image_path, ndim=(3, 4), what="image to resample")
+    n_volumes = source.shape[3] if len(source.shape) == 4 else 1
+    if extra is not None and len(extra) != n_volumes:
+        raise ValueError(f"{len(extra)} per-volume transforms for {n_volumes} volume(s) of {image_path}")
     with _reference_file(reference, work_dir) as ref_path, ants_session(work_dir, threads) as ants:
         ref_img = nib.load(str(ref_path))
         ref_affine = ref_img.affine
@@ -121,8 +130,11 @@ def resample_series(
         volumes = [moving] if moving.dimension == 3 else ants.ndimage_to_list(moving)
         out = np.zeros(tuple(ref_img.shape[:3]) + ((len(volumes),) if len(source.shape) == 4 else ()), dtype=np.float32)
         for i, volume in enumerate(volumes):
-            warped = ants.apply_transforms(fixed, volume.clone("float"), [str(f) for f in files],
-                                           interpolator=INTERPOLATORS[interpolation], whichtoinvert=invert,
+            chain, flags = [str(f) for f in files], list(invert)
+            if extra is not None:
+                chain, flags = chain + [str(extra[i])], flags + [False]
+            warped = ants.apply_transforms(fixed, volume.clone("float"), chain,
+                                           interpolator=INTERPOLATORS[interpolation], whichtoinvert=flags,
                                            defaultvalue=0)
             data = warped.numpy().astype(np.float32)
             if len(source.shape) == 4:

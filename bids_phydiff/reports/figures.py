@@ -116,3 +116,26 @@ def plot_synthesis(rows: list[tuple[str, dict[str, np.ndarray]]], out_path: str 
             if j == 0:
                 ax.text(-0.05, 0.5, label, transform=ax.transAxes, rotation=90, va="center", ha="right", fontsize=9)
     return _save(plt, fig, out_path, title)
+
+
+def plot_motion(params: np.ndarray, fd: np.ndarray, fd_threshold: float, out_path: str | Path,
+                title: str = "") -> Path:
+    """Three stacked traces over the volumes: translations (mm), rotations (degrees) from ``params``
+    ``(N, 6)`` (mm, radians), and framewise displacement ``fd`` ``(N,)`` mm with ``fd_threshold`` drawn."""
+    plt = _matplotlib()
+    params = np.asarray(params, dtype=np.float64).reshape(-1, 6)
+    volumes = np.arange(len(params))
+    fig, axes = plt.subplots(3, 1, figsize=(8, 5.5), sharex=True)
+    for k, axis in enumerate("xyz"):
+        axes[0].plot(volumes, params[:, k], label=f"trans_{axis}")
+        axes[1].plot(volumes, np.degrees(params[:, 3 + k]), label=f"rot_{axis}")
+    axes[0].set_ylabel("mm")
+    axes[1].set_ylabel("degrees")
+    axes[2].plot(volumes, fd, color="black", label="framewise displacement")
+    axes[2].axhline(fd_threshold, color="red", linestyle="--", linewidth=0.8, label=f"threshold {fd_threshold:g} mm")
+    axes[2].set_ylabel("FD, mm")
+    axes[2].set_xlabel("volume")
+    for ax in axes:
+        ax.legend(fontsize=7, loc="upper right", ncol=3)
+        ax.grid(alpha=0.3)
+    return _save(plt, fig, out_path, title)

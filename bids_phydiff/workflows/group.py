@@ -69,6 +69,7 @@ def find_tract_atlas(given: Path | None, use: bool, template: str, home: Path | 
     if home is not None:
         folder = Path(home) / f"tpl-{template}"
         found = sorted(folder.glob(f"tpl-{template}_*atlas-XTRACT*_probseg.nii.gz")) + sorted(
+            folder.glob(f"tpl-{template}_*atlas-XTRACT*_dseg.nii.gz")) + sorted(
             folder.glob(f"tpl-{template}_*atlas-Tracts*_probseg.nii.gz"))
         if found:
             return found[0]

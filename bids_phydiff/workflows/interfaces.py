@@ -229,6 +229,7 @@ class _ResampleInput(BaseInterfaceInputSpec):
     mask = traits.Bool(False, usedefault=True, desc="binary mask: linear, then >= 0.5")
     interpolation = traits.Str("linear", usedefault=True)
     threads = traits.Int(1, usedefault=True)
+    volume_transforms = traits.List(File(exists=True), desc="per volume, acting last (head-motion correction)")
 
 
 class Resample(SimpleInterface):
@@ -246,7 +247,9 @@ class Resample(SimpleInterface):
         if i.mask:
             resample_mask(i.in_file, i.transform, reference, out, runtime.cwd, i.threads)
         else:
-            resample_series(i.in_file, i.transform, reference, out, runtime.cwd, i.threads, i.interpolation)
+            extra = i.volume_transforms if isdefined(i.volume_transforms) else None
+            resample_series(i.in_file, i.transform, reference, out, runtime.cwd, i.threads, i.interpolation,
+                            volume_transforms=extra)
         self._results["out_file"] = out
         return runtime
 
@@ -257,6 +260,7 @@ class _ReorientInput(BaseInterfaceInputSpec):
     source_image = File(exists=True, mandatory=True, desc="the image the bvecs belong to")
     target_image = File(exists=True, mandatory=True, desc="the resampled image the new bvecs go beside")
     transform = File(exists=True, mandatory=True, desc="composite .h5 that resampled source onto target")
+    volume_transforms = traits.List(File(exists=True), desc="per volume, acting last (head-motion correction)")
 
 
 class _ReorientOutput(TraitedSpec):
@@ -275,7 +279,9 @@ class ReorientGradients(SimpleInterface):
 
         i = self.inputs
         bval, bvec = write_reoriented_fsl(i.in_bval, i.in_bvec, i.source_image, i.target_image,
-                                          _out(runtime, "dwi.bval"), _out(runtime, "dwi.bvec"), [i.transform])
+                                          _out(runtime, "dwi.bval"), _out(runtime, "dwi.bvec"), [i.transform],
+                                          volume_transforms=i.volume_transforms if isdefined(i.volume_transforms)
+                                          else None)
         self._results.update(out_bval=str(bval), out_bvec=str(bvec))
         return runtime
 

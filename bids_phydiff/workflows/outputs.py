@@ -14,16 +14,17 @@ from ..bids.derivatives import bids_uri, resampled_sidecar, space_metadata
 from ..prep.templates import TemplateGrid
 from .interfaces import DerivativesSink
 
-DERIVATIVE_INPUTS = ["dwi", "bval", "bvec", "dwiref", "mask", "forward", "inverse"]
+DERIVATIVE_INPUTS = ["dwi", "bval", "bvec", "dwiref", "mask", "forward", "inverse", "confounds", "confounds_meta"]
 
 
-def registration_path(with_t1w: bool) -> str:
+def registration_path(with_t1w: bool, hmc: bool = False) -> str:
     """How a run reached the template, as its sidecars and report say."""
-    return "b0 -> T1w (rigid), T1w -> template (affine + SyN)" if with_t1w else "b0 -> template (affine + SyN)"
+    path = "b0 -> T1w (rigid), T1w -> template (affine + SyN)" if with_t1w else "b0 -> template (affine + SyN)"
+    return ("each volume -> b0 reference (rigid head-motion correction), " + path) if hmc else path
 
 
 def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, output_dir, b0_threshold: float,
-                            with_t1w: bool, name: str = "dwi_derivatives_wf") -> pe.Workflow:
+                            with_t1w: bool, name: str = "dwi_derivatives_wf", hmc: bool = False) -> pe.Workflow:
     """Write the prepare-stage derivatives of one DWI run.
 
     Parameters
@@ -38,6 +39,9 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         s/mm^2; stated in the b0 reference's sidecar.
     with_t1w
         Whether the run was registered through its T1w (sidecars say which path, ``Sources`` list the T1w).
+    hmc
+        Whether head motion was corrected (then the confounds are written, as fMRIPrep and QSIPrep name
+        them: ``<source entities>_desc-confounds_timeseries.tsv`` + ``.json``).
 
     Inputs
     ------
@@ -46,7 +50,9 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
     dwiref, mask
         The b0 reference and brain mask on the template grid.
     forward, inverse
-        The DWI -> template composite transform and its inverse (``.h5``).
+        The DWI -> template composite transform and its inverse (``.h5``; with ``hmc``: of the b0 reference).
+    confounds, confounds_meta
+        The motion confounds TSV and its JSON sidecar (only ``hmc``).
 
     Outputs
     -------
@@ -61,12 +67,15 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         sources.append(bids_uri(dwi.t1w, bids_dir))
     spatial = space_metadata(grid.name, grid.resolution_mm, grid.t1w)
     path = registration_path(with_t1w)
+    rotation = ("each b-vector rotated by the linear part of its own volume's chain" if hmc
+                else "b-vectors rotated by the linear part")
     dwi_meta = resampled_sidecar(dwi.sidecar, {
         "SkullStripped": False,
         "Sources": sources,
         **spatial,
-        "Description": f"All volumes resampled once into {grid.name} at {grid.resolution_mm:g} mm ({path}); "
-                       "b-vectors rotated by the linear part and given in the FSL convention of this image.",
+        "Description": f"All volumes resampled once into {grid.name} at {grid.resolution_mm:g} mm "
+                       f"({registration_path(with_t1w, hmc)}); {rotation} and given in the FSL convention of "
+                       "this image.",
     })
     # (input field, node name, suffix, extension, entities, sidecar)
     sinks = [
@@ -75,7 +84,8 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         ("bvec", "ds_bvec", "dwi", ".bvec", {**space, "desc": "preproc"}, None),
         ("dwiref", "ds_dwiref", "dwiref", ".nii.gz", space,
          {"SkullStripped": False, "Sources": sources[:2], **spatial,
-          "Description": f"Mean of the volumes with b <= {b0_threshold:g} s/mm^2"}),
+          "Description": f"Mean of the {'motion-corrected ' if hmc else ''}volumes with b <= {b0_threshold:g} "
+                         "s/mm^2"}),
         ("mask", "ds_mask", "mask", ".nii.gz", {**space, "desc": "brain"},
          {"Type": "Brain", "Sources": sources[:2], **spatial}),
         ("forward", "ds_xfm_forward", "xfm", ".h5", {"from": "dwi", "to": grid.name, "mode": "image"},
@@ -83,6 +93,9 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         ("inverse", "ds_xfm_inverse", "xfm", ".h5", {"from": grid.name, "to": "dwi", "mode": "image"},
          {"Sources": sources[:1], "Description": f"inverse of: {path}"}),
     ]
+    if hmc:
+        sinks += [("confounds", "ds_confounds", "timeseries", ".tsv", {"desc": "confounds"}, None),
+                  ("confounds_meta", "ds_confounds_meta", "timeseries", ".json", {"desc": "confounds"}, None)]
     for field, node_name, suffix, extension, entities, metadata in sinks:
         node = pe.Node(DerivativesSink(source_file=str(dwi.dwi), output_dir=str(output_dir), suffix=suffix,
                                        extension=extension, entities=entities, metadata=metadata or {}),

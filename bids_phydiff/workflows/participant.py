@@ -32,6 +32,7 @@ from .interfaces import (
     SubjectReport,
     WriteTransforms,
 )
+from .motion import EstimateMotion, MotionFigure
 from .outputs import init_dwi_derivatives_wf, registration_path
 
 LOGGER = logging.getLogger(__name__)
@@ -48,6 +49,10 @@ class PrepareSettings:
     seed: int = 0
     b0_threshold: float = 50.0
     """s/mm^2"""
+    hmc: str = "rigid"
+    """head-motion correction: rigid or none"""
+    fd_threshold: float = 1.0
+    """mm; volumes above this framewise displacement are listed"""
 
 
 def _identifier(text: str) -> str:
@@ -120,8 +125,11 @@ def init_t1w_wf(t1w: Path, grid: TemplateGrid, settings: PrepareSettings, name: 
 
 def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSettings, with_t1w: bool,
                      name: str | None = None) -> pe.Workflow:
-    """Prepare one DWI run: b0 reference, brain mask, registration, one resampling, rotated b-vectors,
-    derivatives (:func:`.outputs.init_dwi_derivatives_wf`) and the run's report figures.
+    """Prepare one DWI run: b0 reference, brain mask, head-motion correction (``settings.hmc == "rigid"``:
+    one rigid transform per volume onto the corrected b0 reference, :class:`.motion.EstimateMotion`),
+    registration, one resampling of each volume through its own composed chain, b-vectors rotated per
+    volume, derivatives (:func:`.outputs.init_dwi_derivatives_wf`, with the motion confounds) and the run's
+    report figures (with the motion trace).
 
     Parameters
     ----------
@@ -130,7 +138,7 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     grid
         The template grid to resample onto.
     settings
-        Where inputs and outputs live, threads, seed, b0 threshold.
+        Where inputs and outputs live, threads, seed, b0 threshold, head-motion correction and FD threshold.
     with_t1w
         Register the b0 through the subject's T1w (the inputs below are then connected).
 
@@ -154,6 +162,18 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     b0ref = pe.Node(B0Reference(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval), threshold=settings.b0_threshold),
                     name="b0_reference", mem_gb=_series_gb(run, grid) / 2)
     mask = pe.Node(BrainMask(), name="brain_mask")
+    hmc = None
+    if settings.hmc == "rigid":
+        # the raw b0 mean and its mask guide the motion correction; the corrected b0 mean (the frame of the
+        # per-volume transforms) and its own mask take their place downstream
+        raw_mask = pe.Node(BrainMask(), name="hmc_brain_mask")
+        hmc = pe.Node(EstimateMotion(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval),
+                                     b0_threshold=settings.b0_threshold, fd_threshold=settings.fd_threshold,
+                                     threads=threads, seed=settings.seed), name="hmc", n_procs=threads,
+                      mem_gb=REGISTRATION_GB + _series_gb(run, grid) / 2)
+        wf.connect([(b0ref, raw_mask, [("out_file", "in_file")]), (raw_mask, hmc, [("out_file", "mask")])])
+        b0ref = pe.Node(niu.IdentityInterface(["out_file"]), name="hmc_b0_reference")
+        wf.connect(hmc, "b0_reference", b0ref, "out_file")
     init = "identity" if _same_session(run) else "center_of_mass"
     register = pe.Node(RegisterB0(grid=g, threads=threads, seed=settings.seed, init=init), name="register",
                        n_procs=threads, mem_gb=REGISTRATION_GB)
@@ -165,7 +185,7 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     gradients = pe.Node(ReorientGradients(in_bval=str(dwi.bval), in_bvec=str(dwi.bvec), source_image=str(dwi.dwi)),
                         name="reorient_gradients")
     derivatives = init_dwi_derivatives_wf(run, grid, settings.bids_dir, settings.output_dir, settings.b0_threshold,
-                                          with_t1w)
+                                          with_t1w, hmc=hmc is not None)
     wf.connect([
         (b0ref, mask, [("out_file", "in_file")]),
         (b0ref, register, [("out_file", "b0")]),
@@ -193,8 +213,21 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
         (b0ref, figures, [("out_file", "b0_native")]),
         (mask, figures, [("out_file", "mask_native")]),
         (resample_b0, figures, [("out_file", "b0_template")]),
-        (figures, outputnode, [("figures", "figures"), ("titles", "titles"), ("captions", "captions")]),
     ])
+    if hmc is None:
+        wf.connect([(figures, outputnode, [("figures", "figures"), ("titles", "titles"), ("captions", "captions")])])
+    else:
+        motion = pe.Node(MotionFigure(run_name=dwi.prefix, fd_threshold=settings.fd_threshold), name="motion_figure")
+        wf.connect([
+            (hmc, resample_dwi, [("transforms", "volume_transforms")]),
+            (hmc, gradients, [("transforms", "volume_transforms")]),
+            (hmc, derivatives, [("confounds", "inputnode.confounds"), ("confounds_meta", "inputnode.confounds_meta")]),
+            (hmc, motion, [("confounds", "confounds")]),
+        ])
+        for key in ("figures", "titles", "captions"):
+            both = pe.Node(niu.Merge(2), name=f"all_{key}", run_without_submitting=True)
+            wf.connect([(figures, both, [(key, "in1")]), (motion, both, [(key, "in2")]),
+                        (both, outputnode, [("out", key)])])
     if with_t1w:
         wf.connect([(inputnode, figures, [("t1w_template", "t1w_template")])])
     return wf
@@ -231,6 +264,8 @@ def init_participant_wf(subject: str, runs: list[CheckedRun], grid: TemplateGrid
         t1w_wfs[t1w] = init_t1w_wf(t1w, grid, settings, name=f"anat_{label}_wf")
     merge = {key: pe.Node(niu.Merge(len(runs), no_flatten=True), name=f"merge_{key}") for key in ("figures", "titles", "captions")}
     notes = [f"Template {grid.name} at {grid.resolution_mm:g} mm, grid {grid.shape}."]
+    if settings.hmc == "rigid":
+        notes.append("Head motion corrected per volume (rigid), composed with the template registration.")
     for i, run in enumerate(runs, start=1):
         with_t1w = run.run.t1w is not None
         dwi_wf = init_dwi_prep_wf(run, grid, settings, with_t1w)
@@ -265,7 +300,7 @@ def run_participant(config: RunConfig, checked: list[CheckedRun]) -> None:
                 grid.shape, grid.source_resolution_mm, grid.home)
     init_output_dir(config.output_dir, config.bids_dir)
     settings = PrepareSettings(config.bids_dir, config.output_dir, config.omp_nthreads, config.seed,
-                               config.b0_threshold)
+                               config.b0_threshold, config.hmc, config.fd_threshold)
     wf = pe.Workflow(name="bids_phydiff_prepare_wf")
     subjects = sorted({r.run.subject for r in checked})
     for subject in subjects:
