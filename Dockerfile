@@ -1,6 +1,6 @@
 # bids_phydiff BIDS App image. Needs BuildKit (Docker >= 23 builds with it by default; on Docker 20.10 set
 # DOCKER_BUILDKIT=1): it builds only the stages the chosen VARIANT needs and runs the RUN --mount steps. The
-# legacy builder stops at once on those with "the --mount option requires BuildKit". There is no `# syntax=`
+# legacy builder stops at its first stage with "the --mount option requires BuildKit". There is no `# syntax=`
 # line on purpose: it would fetch the Dockerfile frontend from a registry, which offline builds cannot do.
 #
 #   GPU (default): docker build -t bids_phydiff:0.1.0 .
@@ -30,6 +30,13 @@ ARG TORCH_CUDA=cu130
 ARG NATTEN_VERSION=0.21.7
 # the CPU image's base: any Debian/Ubuntu image with python${PYTHON_VERSION} (e.g. one made with debootstrap)
 ARG CPU_BASE_IMAGE=ubuntu:${UBUNTU_VERSION}
+
+# ---------------------------------------------------------------------------------------------------------
+# The legacy builder runs every stage in order, whatever VARIANT says: this first stage stops it at once,
+# before it pulls or compiles anything ("the --mount option requires BuildKit"). BuildKit skips it (nothing
+# depends on it).
+FROM scratch AS buildkit-required
+RUN --mount=type=tmpfs,target=/buildkit false
 
 # ---------------------------------------------------------------------------------------------------------
 # natten, compiled for the GPU image
@@ -97,11 +104,13 @@ ENV PATH=/opt/venv/bin:${PATH} \
 
 # One layer for every Python package (each layer is a full copy on some storage drivers): torch first, from
 # the index of the wanted build (a plain `pip install torch` picks one for you; an empty index URL: only the
-# wheels in docker/wheels/, which every pip install here may use, and torch's dependencies from the lock),
-# then every other package at its locked version (and the setuptools torch asks for: Python 3.11's venv has
-# an older one), natten (GPU), and the package itself, a regular install from the build context mounted
-# read-write for the build only (no source layer in the image). pip is dropped afterwards: nothing installs
-# at run time.
+# wheels in docker/wheels/, which every pip install here may use), the setuptools torch asks for (Python
+# 3.11's venv has an older one), natten (GPU), then the package itself, a regular install from the build
+# context mounted read-write for the build only (no source layer in the image), with what it needs at the
+# versions of requirements.lock (`-c`: the lock's test-only packages stay out). Then what no user runs goes:
+# torch's C++ tests, test binaries and headers (no compiler in the image; torch/bin keeps torch_shm_manager,
+# which `import torch` needs), every package's tests/ folder, and pip itself: nothing installs at run time.
+# torch is imported and pip check run on what is left.
 RUN --mount=type=secret,id=pip_ca \
     --mount=type=bind,target=/tmp/bids_phydiff/src,rw \
     --mount=type=bind,from=natten-wheels,source=/wheels,target=/tmp/wheels \
@@ -111,15 +120,18 @@ RUN --mount=type=secret,id=pip_ca \
  && index="${TORCH_INDEX_URL}" && if [ "${VARIANT}" = cpu ]; then index="${TORCH_CPU_INDEX_URL}"; fi \
  && if [ -n "${index}" ]; then from="--index-url ${index}"; else from="--no-index --no-deps"; fi \
  && $pip install --no-cache-dir "torch==${TORCH_VERSION}" ${from} \
- && $pip install --no-cache-dir -r /tmp/bids_phydiff/src/requirements.lock \
  && $pip install --no-cache-dir --upgrade "setuptools>=77.0.3" \
- && python -c "import sys, torch; v = torch.__version__.split('+')[0]; cuda = torch.version.cuda; \
-print('torch', torch.__version__, 'CUDA', cuda); \
-sys.exit(v != '${TORCH_VERSION}' or (cuda is None) != ('${VARIANT}' == 'cpu'))" \
  && for wheel in /tmp/wheels/*.whl; do \
         [ -e "${wheel}" ] || continue; pip install --no-cache-dir --no-deps "${wheel}" || exit 1; \
     done \
- && $pip install --no-cache-dir --no-deps /tmp/bids_phydiff/src \
+ && $pip install --no-cache-dir -c /tmp/bids_phydiff/src/requirements.lock /tmp/bids_phydiff/src \
+ && site=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+ && rm -rf "${site}/torch/test" "${site}/torch/include" \
+ && find "${site}/torch/bin" -mindepth 1 ! -name torch_shm_manager -exec rm -rf {} + \
+ && find "${site}" -type d -name tests -prune -exec rm -rf {} + \
+ && python -c "import sys, torch; v = torch.__version__.split('+')[0]; cuda = torch.version.cuda; \
+print('torch', torch.__version__, 'CUDA', cuda); \
+sys.exit(v != '${TORCH_VERSION}' or (cuda is None) != ('${VARIANT}' == 'cpu'))" \
  && pip check \
  && mkdir -p /opt/bids_phydiff \
  && install -m 0755 /tmp/bids_phydiff/src/run.py /opt/bids_phydiff/run.py \
@@ -148,7 +160,9 @@ ENV HOME=/home/bidsapp \
     NIPYPE_NO_ET=1 \
     BIDS_PHYDIFF_CONTAINER=docker \
     BIDS_PHYDIFF_CODE_URL=${SOURCE_URL}
-RUN useradd --create-home --home-dir /home/bidsapp --shell /bin/bash --user-group bidsapp \
+# (BuildKit leaves the empty mount points of the steps above in /tmp: removed here)
+RUN rm -rf /tmp/bids_phydiff /tmp/wheels /tmp/docker \
+ && useradd --create-home --home-dir /home/bidsapp --shell /bin/bash --user-group bidsapp \
  && mkdir -p "${MPLCONFIGDIR}" \
  && python -c "import matplotlib.font_manager" \
  && chmod -R a+rwX /home/bidsapp \

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -29,7 +30,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "hmc_diagnostic.json"
 
 SETTINGS = {
     "default": {},
+    "anchor by registration": {"anchor": "registration"},
     "final level raw": {"smoothing_sigmas": (1.0, 0.0)},
+    "smoothing 1, 0.5": {"smoothing_sigmas": (1.0, 0.5)},
     "smoothing 1.5, 1": {"smoothing_sigmas": (1.5, 1.0)},
     "refined once": {"smoothing_sigmas": (1.0, 0.5), "refinements": 1},
     "sampling 1.0": {"sampling": 1.0},
@@ -63,7 +66,8 @@ def main() -> int:
         for name in opts.settings:
             config = HmcConfig(**{**asdict(DEFAULT_HMC), **SETTINGS[name]})
             start = time.perf_counter()
-            found = estimate_motion(dwi, bval, mask, root / f"work-{name.replace(' ', '_')}", threads=1, config=config)
+            work = root / f"work-{re.sub(r'[^A-Za-z0-9.]+', '_', name)}"  # ANTs splits its output prefix at commas
+            found = estimate_motion(dwi, bval, mask, work, threads=1, config=config)
             seconds = (time.perf_counter() - start) / truth.shape[0]
             trans, rot = motion_errors(found.parameters, truth)
             rows.append({"shells": label, "setting": name, "config": asdict(config),

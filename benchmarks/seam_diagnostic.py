@@ -10,10 +10,13 @@ tiny preset), then, on the held-out subject's slices:
 - ``sample``: the app's sampler (:func:`~bids_phydiff.synth.inputs.app_sampler`, DDIM from the b0) on the same
   slices: PSNR (normalised units, peak-to-peak 2), seam and sharpness against the acquired slices.
 
-Seams are scored on the level-0 token grid (``patch``) and on the level-1 grid (``2 * patch``).
+Seams are scored on the level-0 token grid (``patch``) and on the level-1 grid (``2 * patch``). ``--figure``
+writes a PNG of the acquired slice, each probe's x0 and the sample for two slices per variant. Variants
+(:data:`VARIANTS`) change one thing: ``x0`` is the preset itself, ``linear`` / ``smooth`` force the unpatch,
+the objective and size variants build on the linear unpatch, ``smooth_*`` on the smooth one. Results and reading: docs/evaluation.md, "Patch seams and blur on real scans".
 
     OMP_NUM_THREADS=1 python benchmarks/seam_diagnostic.py /tmp/real/out4 --work /tmp/seam \
-        --train philipsvu prismasag prismaslab toshiba --test xa30 --steps 600 --variants x0 x0_skip
+        --train philipsvu prismasag prismaslab toshiba --test xa30 --steps 600 --variants linear x0_skip v --figure /tmp/seam/r1.png
 
 Prints a table and writes ``benchmarks/results/seam_diagnostic.json``. Bundles are kept in
 ``WORK/models/<variant>-<steps>`` and reused on a rerun.
@@ -39,13 +42,29 @@ def _backbone(**changes):
     return change
 
 
+def _wide0(cfg):
+    first = dataclasses.replace(cfg.backbone.levels[0], width=2 * cfg.backbone.levels[0].width,
+                                d_ff=2 * cfg.backbone.levels[0].d_ff)
+    return cfg.replace(backbone=dataclasses.replace(cfg.backbone, levels=(first,) + cfg.backbone.levels[1:]))
+
+
+def _linear(change):
+    """``change`` on the preset with the linear unpatch (how these variants were measured)."""
+    return lambda cfg: change(_backbone(unpatch="linear")(cfg))
+
+
 VARIANTS = {
     "x0": lambda cfg: cfg.replace(objective="x0", x0_skip=False),
-    "x0_skip": lambda cfg: cfg.replace(objective="x0", x0_skip=True),
-    "v": lambda cfg: cfg.replace(objective="v", x0_skip=False),
-    "eps": lambda cfg: cfg.replace(objective="eps", x0_skip=False),
-    "patch2": _backbone(patch_size=2),
-    "refine": _backbone(refine_channels=16),
+    "linear": _backbone(unpatch="linear"),
+    "smooth": _backbone(unpatch="smooth"),
+    "x0_skip": _linear(lambda cfg: cfg.replace(objective="x0", x0_skip=True)),
+    "v": _linear(lambda cfg: cfg.replace(objective="v", x0_skip=False)),
+    "eps": _linear(lambda cfg: cfg.replace(objective="eps", x0_skip=False)),
+    "patch2": _linear(_backbone(patch_size=2)),
+    "refine": _linear(_backbone(refine_channels=16)),
+    "wide0": _linear(_wide0),
+    "smooth_refine": _backbone(unpatch="smooth", refine_channels=16),
+    "smooth_skip": lambda cfg: _backbone(unpatch="smooth")(cfg).replace(objective="x0", x0_skip=True),
 }
 """Each variant: a change of the tiny preset's model config (``PhyDiffConfig -> PhyDiffConfig``)."""
 
@@ -118,18 +137,49 @@ def evaluate(folder: Path, test_runs, cache: Path, count: int, ts: list[int], se
     batch = held_out_batch(bundle, test_runs, cache, count, seed)
     g = model.schedule.excess_beta(batch["adc"], batch["bval"])
     cond = (batch["b0"], batch["bval"], batch["bvec"], batch["slice_pos"])
-    rows = {}
+    rows, images = {}, {"acquired": batch["target"]}
     for t in ts:
         tt = torch.full((batch["target"].shape[0],), t, dtype=torch.long)
         noise = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(seed + t))
         x_t = model.schedule.q_sample(batch["target"], tt, noise, g).float()
         eps = model.predict_eps(x_t, tt, g, model(x_t, tt, *cond).float())
-        rows[f"probe t={t}"] = scores(model.schedule.x0_from_eps(x_t, tt, g, eps).float(), batch, patch)
+        images[f"t={t}"] = model.schedule.x0_from_eps(x_t, tt, g, eps).float()
+        rows[f"probe t={t}"] = scores(images[f"t={t}"], batch, patch)
     start = time.perf_counter()
     sampled = model.sample(*cond, batch["adc"], sampler=dataclasses.replace(app_sampler(), progress=False), seed=seed)
     rows["sample"] = scores(sampled, batch, patch)
     rows["sample"]["seconds"] = time.perf_counter() - start
-    return rows
+    images["sample"] = sampled
+    return rows, images, batch["mask"]
+
+
+def write_figure(images: dict[str, dict[str, torch.Tensor]], mask: torch.Tensor, path: Path, count: int = 2) -> None:
+    """One PNG: per variant (rows) the acquired slice, each probe's x0 and the sample, for the ``count`` held-out
+    samples with the most brain (same picks for every variant: same seed); grey scale of the acquired slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    picks = torch.argsort(mask.flatten(1).sum(1), descending=True)[:count].tolist()
+    names = list(images)
+    cols = list(next(iter(images.values())))
+    fig, axes = plt.subplots(len(names) * count, len(cols), figsize=(2.0 * len(cols), 2.3 * len(names) * count),
+                             squeeze=False)
+    for r, (name, k) in enumerate((n, k) for n in names for k in picks):
+        ref = images[name]["acquired"][k, 0].numpy()
+        m = mask[k, 0].numpy() > 0
+        lo, hi = np.percentile(ref[m], [1, 99.5])
+        for c, col in enumerate(cols):
+            ax = axes[r, c]
+            ax.imshow(np.where(m, images[name][col][k, 0].numpy(), lo).T, cmap="gray", vmin=lo, vmax=hi,
+                      origin="lower", interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{name} {col}" if c else f"{name} #{k}", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -146,21 +196,25 @@ def main(argv=None) -> int:
     parser.add_argument("--t", type=int, nargs="+", default=[0, 200, 600, 999])
     parser.add_argument("--seed", type=int, default=3407)
     parser.add_argument("--json", type=Path, default=RESULTS / "seam_diagnostic.json")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of acquired / probe x0 / sample slices, one row per variant")
     args = parser.parse_args(argv)
 
     from bids_phydiff.bids.prepared import find_prepared
 
     train_runs = find_prepared(args.output_dir, args.train, res=args.res)
     test_runs = find_prepared(args.output_dir, args.test, res=args.res)
-    results = {}
+    results, figures, mask = {}, {}, None
     print(f"{'variant':10s} {'row':12s} {'PSNR':>6s} {'seam':>6s} {'seam2':>6s} {'sharp':>6s}", flush=True)
     for name in args.variants:
         folder, seconds = train_variant(name, args.preset, args.steps, train_runs, args.work, args.seed)
-        rows = evaluate(folder, test_runs, args.work / "cache", args.slices, args.t, args.seed)
+        rows, figures[name], mask = evaluate(folder, test_runs, args.work / "cache", args.slices, args.t, args.seed)
         results[name] = {"bundle": str(folder), "train_seconds": seconds, "rows": rows}
         for row, s in rows.items():
             print(f"{name:10s} {row:12s} {s['psnr']:6.2f} {s['seam']:6.3f} {s['seam2']:6.3f} {s['sharpness']:6.3f}",
                   flush=True)
+    if args.figure is not None:
+        write_figure(figures, mask, args.figure)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
                                     indent=2) + "\n")

@@ -103,6 +103,11 @@ class RunConfig:
     fd_threshold: float = 1.0
     """mm; volumes above this framewise displacement are listed (not dropped). 1 mm: half a 2 mm DWI voxel;
     fMRIPrep's 0.5 mm is for BOLD volumes 1-2 s apart, DWI volumes are 3-10 s apart"""
+    input_type: str = "raw"
+    """raw BIDS, or preprocessed (QSIPrep-style desc-preproc derivatives: no denoising, no motion correction,
+    the given brain mask); the command line resolves ``--input-type auto`` to one of them"""
+    denoise: str = "none"
+    """denoising of raw DWI before anything else: none, mppca or patch2self (dipy)"""
     nprocs: int = 1
     omp_nthreads: int = 1
     mem_gb: float | None = None

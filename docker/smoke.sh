@@ -6,7 +6,7 @@
 #   e.g. docker/smoke.sh local/debian:bookworm 3.11 -- --build-arg TORCH_CPU_INDEX_URL= \
 #            --secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt
 #
-# Environment: DOCKER (client, default docker), IMAGE (tag, default bids_phydiff:<version>-cpu), SKIP_BUILD=1
+# Environment: DOCKER (client, default docker; use one client consistently, e.g. DOCKER=/usr/bin/docker), IMAGE (tag, default bids_phydiff:<version>-cpu), SKIP_BUILD=1
 # (test an image built before), SHARED (the shared data folder, default ../shared), WORK (scratch folder).
 # Every run: a non-root uid without an entry in the image, --read-only root (HOME is therefore unwritable),
 # --network none, the input mounted read-only, a tmpfs /tmp. Checks exit codes, validator-clean outputs,
@@ -81,6 +81,8 @@ say "--help and --version"
 timed help 0 run_app :: --help
 timed version 0 run_app :: --version
 grep -qx "bids_phydiff $VERSION" "$WORK/version.log" || fail "--version printed $(cat "$WORK/version.log")"
+# no writable folder at all (no tmpfs /tmp): --version still answers
+timed version-no-tmp 0 "$DOCKER" run --rm -u "$RUNAS" --read-only --network none "$IMAGE" --version
 
 say "phantom (4 mm, 3 subjects), made in the image"
 mkdir -p "$WORK/phantom" "$WORK/out-phantom" "$WORK/out-real"
@@ -100,13 +102,17 @@ say "participant level on the phantom, in a named container (docker diff afterwa
 timed participant-phantom 0 "$DOCKER" run --name phydiff-smoke -u "$RUNAS" --read-only \
     --tmpfs /tmp:rw,exec,mode=1777 --network none -v "$WORK/phantom/bids:/data:ro" -v "$WORK/out-phantom:/out" \
     -e TEMPLATEFLOW_HOME=/data/sourcedata/templateflow "$IMAGE" "${common[@]}" participant "${flags[@]}" --nprocs 2
-changed=$("$DOCKER" diff phydiff-smoke)
+# the engine itself adds the mount points of -v targets that the image lacks (A /data, A /out): not the app
+changed=$("$DOCKER" diff phydiff-smoke | grep -vx -e 'A /data' -e 'A /out' || true)
 "$DOCKER" rm phydiff-smoke >/dev/null
 [ -z "$changed" ] || fail "the run changed the container's file system: $changed"
 
-say "group level (tiny), then a synthesis"
-timed group 0 run_app "${phantom[@]}" "${common[@]}" group "${flags[@]}" --train-config /train.yml \
-    --model-label tiny --val-subjects 03
+say "group level (tiny) with a tract atlas given by --xtract-atlas (a read-only bind mount), then a synthesis"
+atlas=$(ls "$WORK"/phantom/bids/sourcedata/templateflow/tpl-*/tpl-*_atlas-Tracts_dseg.nii.gz | head -1)
+timed group 0 run_app -v "$atlas:/atlas/tracts_dseg.nii.gz:ro" "${phantom[@]}" "${common[@]}" group "${flags[@]}" \
+    --train-config /train.yml --model-label tiny --val-subjects 03 --xtract-atlas /atlas/tracts_dseg.nii.gz
+grep -rqs '"/atlas/tracts_dseg.nii.gz"' "$WORK/out-phantom/models/model-tiny" \
+    || fail "the model bundle does not name the atlas given by --xtract-atlas"
 timed synthesis 0 run_app "${phantom[@]}" "${common[@]}" participant "${flags[@]}" --participant-label 03 \
     --model /out/models/model-tiny --samples 2 --steps 2 --batch-size 64
 
@@ -117,7 +123,8 @@ timed participant-real 0 run_app -v "$SHARED/data/real-bids:/data:ro" -v "$WORK/
 say "outputs: validator-clean, readable by group and others (umask 022)"
 for out in out-phantom out-real; do
     timed "validate-$out" 0 run_app -v "$WORK/$out:/out:ro" --entrypoint python :: -c \
-        "from bids_phydiff.bids.validation import validate; print(validate('/out'))"
+        "from bids_phydiff.cli.environment import harden_environment; harden_environment()
+from bids_phydiff.bids.validation import validate; print('warnings:', validate('/out'))"
     private=$(find "$WORK/$out" \( -type f ! -perm -0044 \) -o \( -type d ! -perm -0055 \) | head -5)
     [ -z "$private" ] || fail "$out: not readable by group/others: $private"
     printf '%s: %s files, modes: %s\n' "$out" "$(find "$WORK/$out" -type f | wc -l)" \

@@ -55,3 +55,35 @@ def test_outputs_are_readable_as_the_umask_allows_not_private(tmp_path, umask):
         os.umask(previous)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+
+
+def test_model_bundle_and_checkpoint_files_are_readable_as_the_umask_allows(tmp_path):
+    """safetensors writes its files 0600 whatever the umask (found by docker/smoke.sh on a shared output
+    folder): the bundle's weights and a checkpoint's tensors get 0666 less the umask like every output."""
+    import os
+    import stat
+
+    import torch
+
+    from bids_phydiff.model import GridSpec, save_bundle
+    from bids_phydiff.train.checkpoint import save_checkpoint
+    from test_model_phydiff import tiny
+
+    umask = 0o022
+    model = tiny()
+    grid = GridSpec(template="MNI152NLin6Asym", resolution=2.0, shape=(32, 32, 20),
+                    affine=((-2.0, 0, 0, 90.0), (0, 2.0, 0, -126.0), (0, 0, 2.0, -72.0), (0, 0, 0, 1.0)))
+    previous = os.umask(umask)
+    try:
+        bundle = save_bundle(tmp_path / "models" / "model-a", model, grid=grid, b_shells=[1000.0],
+                             normalisation={"method": "b0-p99.5"})
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", 1, model, model, optimizer, {"step": 1})
+    finally:
+        os.umask(previous)
+    for folder in (bundle, checkpoint):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask, folder
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        assert files
+        for path in files:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path

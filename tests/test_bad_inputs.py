@@ -185,6 +185,7 @@ CASES = [
     Case("output-is-bids-dir", 64, "{bids}", out="{bids}"),
     Case("output-inside-bids-dir", 64, "{bids}/derivatives/phydiff", out="{bids}/derivatives/phydiff"),
     Case("work-inside-bids-dir", 64, "{bids}/work", work="{bids}/work"),
+    Case("work-dir-with-a-comma", 64, "--work-dir", work="{tmp}/work,1"),
     Case("filter-not-json", 64, FILTER, ("--bids-filter-file", FILTER), _write_tmp("filter.json", "{not json")),
     Case("filter-unknown-query", 64, FILTER, ("--bids-filter-file", FILTER),
          _write_tmp("filter.json", json.dumps({"bold": {}}))),

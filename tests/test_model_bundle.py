@@ -95,8 +95,8 @@ def _rewrite_weights(path, change):
 
 def test_missing_tensors_are_refused(tmp_path):
     _, path = _write(tmp_path)
-    _rewrite_weights(path, lambda t: t.pop("backbone.patch_out.proj.weight"))
-    with pytest.raises(BundleError, match=r"missing \['backbone\.patch_out\.proj\.weight'\]"):
+    _rewrite_weights(path, lambda t: t.pop("backbone.patch_in.proj.weight"))
+    with pytest.raises(BundleError, match=r"missing \['backbone\.patch_in\.proj\.weight'\]"):
         load_bundle(path)
 
 

@@ -203,3 +203,23 @@ def test_participant_prepare_with_read_only_input_home_and_no_network(phantom):
     # the caches went to the private folder under TMPDIR (uid 0 inside the user namespace)
     private = tmp / "bids_phydiff-0"
     assert private.is_dir(), sorted(p.name for p in tmp.iterdir())
+
+
+def test_version_answers_when_no_folder_at_all_is_writable(tmp_path):
+    """``docker run --read-only`` without a tmpfs /tmp: no TMPDIR, /tmp, /var/tmp, HOME or working directory
+    can be written. Python's tempfile then finds no folder at all; ``--version`` must still answer (found by
+    docker/smoke.sh: it used to end in a FileNotFoundError traceback, exit 1)."""
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(problem)
+    from bids_phydiff import __version__
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = _clean_env(HOME=str(home), RO_DIRS=f"/tmp /var/tmp {home}", PYTHON=sys.executable)
+    env.pop("TMPDIR", None)
+    proc = subprocess.run(["unshare", "-rnm", "sh", "-c", _INNER, "sh", sys.executable, str(REPO / "run.py"),
+                           "--version"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode not in (97, 98), f"the sandbox did not hold: {proc.stderr[-2000:]}"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"bids_phydiff {__version__}"

@@ -135,11 +135,12 @@ def test_result_does_not_depend_on_the_batch_size(model, subject, scheme):
     one = _run(model, subject, scheme, sampler, seed=2, batch_size=1).mean
     seven = _run(model, subject, scheme, sampler, seed=2, batch_size=7).mean
     all_at_once = _run(model, subject, scheme, sampler, seed=2, batch_size=1000).mean
-    # same noise per sample; only the float rounding of batched matrix products may differ
-    tolerance = 1e-5 * np.abs(one).max()
-    assert np.abs(seven - one).max() < tolerance and np.abs(all_at_once - one).max() < tolerance
+    # same noise per sample; only the float rounding of batched matrix products may differ (float32 kernels
+    # block a batch of 1 and of 7 differently; three noisy steps amplify that to ~1e-5 of the peak)
+    peak = np.abs(one).max()
+    assert np.abs(seven - one).max() < 5e-5 * peak and np.abs(all_at_once - one).max() < 5e-5 * peak
     other_seed = _run(model, subject, scheme, sampler, seed=3, batch_size=7).mean
-    assert np.abs(other_seed - one).max() > 1e3 * tolerance
+    assert np.abs(other_seed - one).max() > 1e-2 * peak
 
 
 def test_k_samples_give_their_mean_and_standard_deviation(model, subject, scheme):

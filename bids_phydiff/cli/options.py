@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 from ..bids.layout import _ALLOWED_FILTERS as ALLOWED_FILTERS
+from ..bids.preprocessed import detect_input_type
 from ..config import RunConfig, SynthOptions, TrainOptions
 from ..errors import InputDataError, NoInputError, OutputError, UsageError
 from .parser import SYNTH_OPTION_DESTS, TRAIN_OPTION_DESTS
@@ -109,6 +110,9 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     work_dir = (args.work_dir or Path.cwd() / "work").expanduser().resolve()
     if _is_within(work_dir, bids_dir):
         raise UsageError(f"work dir {work_dir} is inside the BIDS dataset {bids_dir}; choose a folder outside it")
+    if "," in str(work_dir):
+        # antsRegistration reads its arguments as comma-separated lists: a path with a comma cannot be passed
+        raise UsageError(f"-w/--work-dir {work_dir}: ANTs cannot use a path with a comma; choose another folder")
     database_dir = args.bids_database_dir.expanduser().resolve() if args.bids_database_dir else None
     if database_dir is not None and _is_within(database_dir, bids_dir):
         raise UsageError(f"--bids-database-dir {database_dir} is inside the BIDS dataset {bids_dir}")
@@ -145,6 +149,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         b0_threshold=args.b0_threshold,
         hmc=args.hmc,
         fd_threshold=args.fd_threshold,
+        input_type=detect_input_type(bids_dir, args.input_type),
+        denoise=args.denoise,
         nprocs=nprocs,
         omp_nthreads=omp,
         mem_gb=args.mem_gb,

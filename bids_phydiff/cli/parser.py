@@ -181,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
         "confounds sidecar (not dropped)",
     )
 
+    sel.add_argument(
+        "--input-type",
+        dest="input_type",
+        choices=("auto", "raw", "preprocessed"),
+        default="auto",
+        help="raw BIDS, or preprocessed derivatives (QSIPrep-style *_desc-preproc_dwi with .bval/.bvec, optional "
+        "*_desc-brain_mask and desc-preproc T1w: no denoising or motion correction, the given mask is used); "
+        "auto: preprocessed when dataset_description.json says DatasetType derivative and desc-preproc DWI exist",
+    )
+    sel.add_argument(
+        "--denoise",
+        dest="denoise",
+        choices=("none", "mppca", "patch2self"),
+        default="none",
+        help="denoise raw DWI before anything else with dipy (mppca: Marchenko-Pastur PCA over 5x5x5 patches, larger "
+        "for series of more than 125 volumes; "
+        "patch2self: self-supervised regression across volumes); none keeps the paper's setting",
+    )
+
     perf = parser.add_argument_group("resources and execution")
     perf.add_argument("-w", "--work-dir", dest="work_dir", type=Path, help="intermediate files (default: ./work)")
     perf.add_argument(

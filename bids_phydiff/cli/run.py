@@ -62,7 +62,11 @@ def run(config: RunConfig) -> None:
 
     if config.analysis_level == "participant" or not config.skip_bids_validation:
         check_dataset(config.bids_dir)  # before the validator and pybids read it
-    if not config.skip_bids_validation:
+    preprocessed = config.input_type == "preprocessed"
+    if preprocessed:
+        LOGGER.info("%s: preprocessed derivatives as input (desc-preproc DWI); bids-validator-deno is not run on "
+                    "them (its rules have no .bval/.bvec beside derivative DWI), each run is checked", config.bids_dir)
+    elif not config.skip_bids_validation:
         validate(config.bids_dir, config.participant_label or None)
     else:
         LOGGER.info("BIDS validation skipped (--skip-bids-validation)")
@@ -71,8 +75,9 @@ def run(config: RunConfig) -> None:
 
         run_group(config)
         return
-    layout = open_layout(config.bids_dir, config.database_dir, reset=config.bids_database_dir is None)
-    runs = discover(layout, config.participant_label, config.session_label, config.bids_filters)
+    layout = open_layout(config.bids_dir, config.database_dir, reset=config.bids_database_dir is None,
+                         derivative=preprocessed)
+    runs = discover(layout, config.participant_label, config.session_label, config.bids_filters, preprocessed)
     checked = check_runs(runs, config.b0_threshold)
     if config.model is None:
         from ..workflows.participant import run_participant

@@ -31,7 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .. import __version__
-from ..atomic import replace_dir, staging_dir
+from ..atomic import public_mode, replace_dir, staging_dir
 from .config import PhyDiffConfig
 from .device import resolve_device
 from .phydiff import PhyDiff
@@ -151,6 +151,7 @@ def save_bundle(
         tensors = _state_for_saving(model)
         weights = staging / WEIGHTS_FILE
         save_file(tensors, str(weights), metadata={"format_version": str(FORMAT_VERSION)})
+        public_mode(weights)  # safetensors writes 0600; the group must read a shared model
         config = {
             "format_version": FORMAT_VERSION,
             "code_version": __version__,

@@ -12,6 +12,9 @@ Presets (:data:`PRESETS`, nominal image sizes in :data:`PRESET_IMAGE_SIZES`):
 - ``small``: CPU demos on 64x64 slices.
 - ``tiny``: tests and smoke runs on 32x32 slices; a training step on CPU takes well under a second.
 
+``small`` and ``tiny`` turn tokens into pixels with the smooth unpatch (:data:`DEFAULT_UNPATCH`); ``paper``
+keeps the published linear one.
+
 Ablation switches (paper Table 2): ``schedule.gap = 0`` (w/o physics-guided noise, plain DDPM),
 ``conditioning.query_mapping = False`` (w/o query-based mapping), ``adapter = None`` (w/o XTRACT).
 Objective (:data:`DEFAULT_OBJECTIVE`): the presets predict the clean slice (``"x0"``); ``"eps"`` is the
@@ -113,12 +116,18 @@ class LevelConfig(JsonConfig):
 class HDiTConfig(JsonConfig):
     """The hourglass diffusion transformer backbone.
 
-    Input (B, in_channels, H, W) = x_t and the b0 slice concatenated; output (B, out_channels, H, W) = what
+    Input (B, in_channels, H, W) = x_t, the b0 slice and the context maps (if any, see
+    :attr:`PhyDiffConfig.context`) concatenated; output (B, out_channels, H, W) = what
     :attr:`PhyDiffConfig.objective` names (the clean slice x0 for the presets, the noise, v, or the target
     slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
     ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``. ``refine_channels``: hidden
     channels of the full-resolution output refiner after the patch split (:class:`~.hdit.OutputRefiner`);
-    0 = none, the paper's model (and what a bundle without the key means).
+    0 = none, the paper's model (and what a bundle without the key means). ``unpatch``: how the last tokens
+    become pixels: ``"linear"`` = one linear map per token to its ``patch x patch`` block (the paper's, and
+    what a bundle without the key means); ``"smooth"`` = each token mapped to a ``2p x 2p`` patch, tent-windowed and
+    overlap-added with its neighbours' (:class:`~.hdit.SmoothUnpatch`: a token's level is interpolated
+    bilinearly and no token's output stops at its border; docs/evaluation.md, "Patch seams and blur on real
+    scans").
     """
 
     levels: tuple[LevelConfig, ...]
@@ -128,8 +137,11 @@ class HDiTConfig(JsonConfig):
     dropout: float = 0.0
     backend: str = "auto"
     refine_channels: int = 0
+    unpatch: Literal["linear", "smooth"] = "linear"
 
     def __post_init__(self) -> None:
+        if self.unpatch not in ("linear", "smooth"):
+            raise ValueError(f"unpatch must be 'linear' or 'smooth', got {self.unpatch!r}")
         levels = tuple(lv if isinstance(lv, LevelConfig) else LevelConfig(**lv) for lv in self.levels)
         object.__setattr__(self, "levels", levels)
         if not levels:
@@ -227,6 +239,12 @@ DIFFUSION_OBJECTIVES = ("eps", "v", "x0")
 """What a diffusion network may predict: the noise, v, or the clean slice (see :class:`PhyDiffConfig`)."""
 OBJECTIVES = DIFFUSION_OBJECTIVES + ("regression",)
 
+BASE_CHANNELS = 2
+"""Input channels of the backbone without a context: x_t and the b0 slice."""
+CONTEXT_CHANNELS = {"none": 0, "dti": 7, "sh4": 15}
+"""Extra input channels per context kind (the map layout of :mod:`bids_phydiff.prep.context`: dti = 6 tensor
+components + S0, sh4 = 15 SH coefficients of one shell)."""
+
 
 @dataclass(frozen=True)
 class PhyDiffConfig(JsonConfig):
@@ -248,9 +266,16 @@ class PhyDiffConfig(JsonConfig):
     ``x0_skip`` (x0 objective only; False for a config without the key): the network's output F is read
     through the v parameterisation, x0 = sqrt(abar) x_t - sqrt(1 - abar) F (EDM's skip for unit data
     variance), and the loss stays the unweighted x0 MSE. At low noise x0 is then x_t plus a small correction,
-    so the prediction keeps x_t's detail; without it the network must copy x_t through its patch split and,
-    at the budgets measured, does not (block-constant output even at t = 0 on real scans: docs/evaluation.md,
+    so the prediction keeps x_t's detail; without it the x0 network ignores x_t at the budgets measured (same
+    prediction at t = 0 as at t = 999). Off in the presets: at 600-2000 steps on real scans the skip has not
+    learnt to remove noise at mid t, and its samples are 3-13 dB worse than plain x0 (docs/evaluation.md,
     "Patch seams and blur on real scans").
+
+    ``context`` (``"none"`` for a config without the key: the paper's b0-only model): per-voxel maps fitted
+    from the run's own acquired shell (``"dti"``: tensor + S0, 7 channels; ``"sh4"``: order-4 SH coefficients,
+    15 channels; see :mod:`bids_phydiff.prep.context`) enter the backbone as extra input channels after x_t
+    and the b0 (q-space completion, issue 19). ``backbone.in_channels`` is then
+    :data:`BASE_CHANNELS` + :data:`CONTEXT_CHANNELS`; a config that leaves it at 2 gets it filled in.
     """
 
     backbone: HDiTConfig
@@ -259,15 +284,27 @@ class PhyDiffConfig(JsonConfig):
     adapter: AdapterConfig | None = None
     objective: Literal["eps", "v", "x0", "regression"] = "eps"
     x0_skip: bool = False
+    context: Literal["none", "dti", "sh4"] = "none"
 
     def __post_init__(self) -> None:
+        if self.context not in CONTEXT_CHANNELS:
+            raise ValueError(f"context must be one of {list(CONTEXT_CHANNELS)}, got {self.context!r}")
+        channels = BASE_CHANNELS + CONTEXT_CHANNELS[self.context]
+        if self.backbone.in_channels == BASE_CHANNELS and channels != BASE_CHANNELS:
+            object.__setattr__(self, "backbone", dataclasses.replace(self.backbone, in_channels=channels))
+        elif self.backbone.in_channels != channels:
+            raise ValueError(f"backbone.in_channels {self.backbone.in_channels} does not fit context "
+                             f"{self.context!r}: x_t and b0 ({BASE_CHANNELS}) + {CONTEXT_CHANNELS[self.context]}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.x0_skip and self.objective != "x0":
             raise ValueError(f"x0_skip applies to the x0 objective only, not to {self.objective!r}")
 
     def replace(self, **changes: Any) -> PhyDiffConfig:
-        """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``."""
+        """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``; a new ``context``
+        re-derives the backbone's input channels."""
+        if "context" in changes and "backbone" not in changes:
+            changes["backbone"] = dataclasses.replace(self.backbone, in_channels=BASE_CHANNELS)
         return dataclasses.replace(self, **changes)
 
 
@@ -276,6 +313,12 @@ DEFAULT_OBJECTIVE = "x0"
 the network never learns the direction dependence at the noisy steps where DDIM decides a sample's content,
 so fibre tensors come out isotropic; with x0 prediction the same model, trained as long, gets fibre
 directions to 14 degrees and 5 dB more PSNR. ``objective: eps`` in a config gives the paper's loss."""
+
+DEFAULT_UNPATCH = "smooth"
+"""The CPU presets' unpatch (``small``, ``tiny``). Measured on real scans at 4 mm (docs/evaluation.md, "Patch
+seams and blur on real scans"): at the budgets of this machine the linear unpatch's output is constant
+within each patch (seam score 3.5 on the patch grid, the same at every noise level and in the samples;
+with patch 2 the blocks are 2 pixels), the smooth one's has no block edges (0.8-0.9) at the same PSNR."""
 
 PRESETS: dict[str, PhyDiffConfig] = {
     "paper": PhyDiffConfig(
@@ -300,6 +343,7 @@ PRESETS: dict[str, PhyDiffConfig] = {
                 LevelConfig(width=256, depth=2, d_ff=512, d_head=32, attention="global"),
             ),
             patch_size=4,
+            unpatch=DEFAULT_UNPATCH,
         ),
         conditioning=ConditioningConfig(width=128, mapping_depth=1, mapping_d_ff=256, fourier_features=32),
         schedule=ScheduleConfig(),
@@ -313,6 +357,7 @@ PRESETS: dict[str, PhyDiffConfig] = {
                 LevelConfig(width=64, depth=1, d_ff=128, d_head=16, attention="global"),
             ),
             patch_size=4,
+            unpatch=DEFAULT_UNPATCH,
         ),
         conditioning=ConditioningConfig(width=64, mapping_depth=1, mapping_d_ff=128, fourier_features=16),
         schedule=ScheduleConfig(),

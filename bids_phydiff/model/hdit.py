@@ -1,14 +1,16 @@
 """The hourglass diffusion transformer (HDiT) backbone.
 
-Input (B, in_channels, H, W) (x_t and the b0 slice, concatenated), condition (B, cond_features) from the
-mapping network, optional adapter features; output (B, out_channels, H, W), the prediction named by the
-model's objective (the clean slice x0 for the presets, the noise eps, or v; see :class:`~.config.PhyDiffConfig`).
+Input (B, in_channels, H, W) (x_t, the b0 slice and any context maps, concatenated), condition
+(B, cond_features) from the mapping network, optional adapter features; output (B, out_channels, H, W), the
+prediction named by the model's objective (the clean slice x0 for the presets, the noise eps, or v; see
+:class:`~.config.PhyDiffConfig`).
 
 Layout: a patch-``p`` token merge to level 0; at each level above the bottom, ``depth`` transformer layers
 with neighborhood attention, then a 2x2 token merge down; the bottom level runs global (or neighborhood)
 layers; on the way up a 2x2 token split whose output is blended with the level's skip by a learned
 per-channel lerp (init 0.5), then ``depth`` more layers; finally RMSNorm and a zero-initialised patch
-split, optionally followed by a full-resolution convolutional refiner (``refine_channels``). Transformer layer = cosine-similarity self-attention (learned per-head temperature, init 10, axial
+split (``unpatch``: linear per token, or smooth: windowed overlap-add across token borders),
+optionally followed by a full-resolution convolutional refiner (``refine_channels``). Transformer layer = cosine-similarity self-attention (learned per-head temperature, init 10, axial
 RoPE on half of each head) + GEGLU feed-forward, each pre-normed by AdaRMSNorm, each a residual whose
 output projection starts at zero. Tokens are channels-last (B, h, w, C).
 """
@@ -178,6 +180,38 @@ class TokenSplit(nn.Module):
         return skip + self.mix.to(x.dtype) * (x - skip)
 
 
+class SmoothUnpatch(nn.Module):
+    """(B, h, w, C_in) tokens -> (B, C_out, h*p, w*p) pixels without block edges: windowed overlap-add.
+
+    Each token is mapped linearly to a ``2p x 2p`` patch centred on its own ``p x p`` block, weighted by a
+    separable tent window (1 at the token centre, falling linearly to 0 one token away) and overlap-added
+    with its neighbours' patches, normalised by the summed window (so the windows are a partition of unity,
+    also at the grid's edge). A token's level therefore comes out bilinearly interpolated between token
+    centres, and every token's contribution fades out across its border instead of stopping there. A linear
+    map per token to its own block (the paper's unpatch) learns each token's level long before the pattern
+    inside the block and leaves a grid of constant blocks; this one has no block edges from the first step.
+    The projection starts at zero (output 0, like the linear unpatch). Exact centring for even ``p``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.out_features = out_features
+        self.proj = zero_init(nn.Linear(in_features, out_features * (2 * patch) ** 2, bias=False))
+        tent = 1.0 - ((torch.arange(2 * patch, dtype=torch.float32) + 0.5) / patch - 1.0).abs()
+        self.register_buffer("window", tent[:, None] * tent[None, :], persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, _ = x.shape
+        p, c, k = self.patch, self.out_features, 2 * self.patch
+        window = self.window.to(x.dtype)
+        patches = self.proj(x).reshape(b, h * w, c, k, k) * window
+        size, crop = ((h + 1) * p, (w + 1) * p), p // 2
+        out = F.fold(patches.permute(0, 2, 3, 4, 1).reshape(b, c * k * k, h * w), size, k, stride=p)
+        norm = F.fold(window.reshape(1, k * k, 1).expand(1, k * k, h * w), size, k, stride=p)
+        return (out / norm)[..., crop : crop + h * p, crop : crop + w * p]
+
+
 class OutputRefiner(nn.Module):
     """A full-resolution convolution after the patch split: ``out + conv3x3(GELU(conv3x3([out, x])))``.
 
@@ -212,8 +246,11 @@ class HDiT(nn.Module):
         self.splits = nn.ModuleList(TokenSplit(b.width, a.width) for a, b in zip(levels[:-1], levels[1:]))
         self.up = nn.ModuleList(Level(lv, cond_features, drop, backend) for lv in levels[:-1])
         self.out_norm = RMSNorm(levels[0].width)
-        self.patch_out = TokenSplit(levels[0].width, config.out_channels, config.patch_size, skip=False)
-        zero_init(self.patch_out.proj)
+        if config.unpatch == "smooth":
+            self.patch_out: nn.Module = SmoothUnpatch(levels[0].width, config.out_channels, config.patch_size)
+        else:
+            self.patch_out = TokenSplit(levels[0].width, config.out_channels, config.patch_size, skip=False)
+            zero_init(self.patch_out.proj)
         self.refine = (OutputRefiner(config.in_channels, config.out_channels, config.refine_channels)
                        if config.refine_channels else None)
 
@@ -245,5 +282,7 @@ class HDiT(nn.Module):
             h = h + adapter_features[-1].to(h.dtype)
         for level, split, skip in zip(reversed(self.up), reversed(self.splits), reversed(skips)):
             h = level(split(h, skip), cond)
-        out = self.patch_out(self.out_norm(h)).permute(0, 3, 1, 2)
+        out = self.patch_out(self.out_norm(h))
+        if self.config.unpatch == "linear":
+            out = out.permute(0, 3, 1, 2)
         return out if self.refine is None else self.refine(out, x)

@@ -7,7 +7,9 @@ The targets and conversions are the schedule's (:class:`~.schedule.PhysicsSchedu
 Images are (B, 1, H, W) already normalised to [-1, 1] (DESIGN.md section 4); the model never sees files.
 Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the template grid), slice
 position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s, see
-:func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W).
+:func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W). A model with a context
+(``config.context`` ``"dti"`` or ``"sh4"``) also takes the context maps (B, C, H, W) of the run's acquired
+shell (:mod:`bids_phydiff.prep.context`, 0 outside the brain), concatenated after x_t and the b0.
 
 With ``config.objective == "regression"`` the same network is a deterministic regressor instead: its
 input is x_t = 0 at t = 0 (the b0 is the other channel), its output is read as the target slice, the loss
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from .adapter import XtractAdapter
 from .conditioning import ConditionEmbedding
-from .config import PhyDiffConfig, preset
+from .config import CONTEXT_CHANNELS, PhyDiffConfig, preset
 from .device import autocast
 from .hdit import HDiT
 from .sampling import SamplerConfig, make_generator
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 class DiffusionBatch:
     """One training batch. ``target`` and ``b0`` (B, 1, H, W) in [-1, 1]; ``bval`` (B,) s/mm^2;
     ``bvec`` (B, 3); ``slice_pos`` (B,) in [0, 1]; ``adc`` (B, 1, H, W) mm^2/s for ``bval``;
-    ``tracts`` optional (B, C, H, W)."""
+    ``tracts`` optional (B, C, H, W); ``context`` (B, C, H, W) for a model with a context, else None."""
 
     target: Tensor
     b0: Tensor
@@ -54,6 +56,7 @@ class DiffusionBatch:
     slice_pos: Tensor
     adc: Tensor
     tracts: Tensor | None = None
+    context: Tensor | None = None
 
     def __post_init__(self) -> None:
         b = self.target.shape[0]
@@ -72,11 +75,15 @@ class DiffusionBatch:
             self.tracts.ndim != 4 or self.tracts.shape[0] != b or self.tracts.shape[2:] != self.target.shape[2:]
         ):
             raise ValueError(f"tracts must be (B, C, H, W) on the image grid, got {tuple(self.tracts.shape)}")
+        if self.context is not None and (
+            self.context.ndim != 4 or self.context.shape[0] != b or self.context.shape[2:] != self.target.shape[2:]
+        ):
+            raise ValueError(f"context must be (B, C, H, W) on the image grid, got {tuple(self.context.shape)}")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> DiffusionBatch:
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n != "tracts" and n not in data]
+        missing = [n for n in names if n not in ("tracts", "context") and n not in data]
         if missing:
             raise ValueError(f"batch is missing {missing}")
         return cls(**{n: data[n] for n in names if n in data})
@@ -131,18 +138,34 @@ class PhyDiff(nn.Module):
         tracts: Tensor | None = None,
         adapter_features: list[Tensor] | None = None,
         use_adapter: bool | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """The network's prediction (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,): the clean slice for x0
         and regression, the noise for eps, v for v (:meth:`predict_eps` turns any diffusion output into noise).
 
         The adapter runs when ``use_adapter`` is True, or when it is None and the model has an adapter
         and ``tracts`` is given; precomputed ``adapter_features`` skip the adapter's forward.
+        ``context`` (B, C, H, W): the context maps, required exactly when ``config.context`` is not none.
         """
         cond = self.conditioning(t, bval, bvec, slice_pos)
         if adapter_features is None and self._use_adapter(tracts, use_adapter):
             adapter_features = self.adapter_features(tracts, b0)
-        x = torch.cat([x_t, b0.to(x_t.dtype)], dim=1)
+        x = torch.cat([x_t, b0.to(x_t.dtype)] + self._context_channels(context, x_t), dim=1)
         return self.backbone(x, cond, adapter_features)
+
+    def _context_channels(self, context: Tensor | None, x_t: Tensor) -> list[Tensor]:
+        """``[context]`` in x_t's dtype for a model with a context, ``[]`` without; a missing, unexpected or
+        misshapen context is a ValueError."""
+        kind = self.config.context
+        channels = CONTEXT_CHANNELS[kind]
+        if context is None:
+            if channels:
+                raise ValueError(f"this model needs a {kind!r} context of {channels} channels; none was given")
+            return []
+        want = (x_t.shape[0], channels) + tuple(x_t.shape[2:])
+        if not channels or tuple(context.shape) != want:
+            raise ValueError(f"context must be {want} for context {kind!r}, got {tuple(context.shape)}")
+        return [context.to(x_t.dtype)]
 
     def loss(
         self,
@@ -164,7 +187,8 @@ class PhyDiff(nn.Module):
         x0 = batch.target.float()
         b = x0.shape[0]
         if self.is_regression:
-            pred = self.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter)
+            pred = self.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter,
+                                context=batch.context)
             return F.mse_loss(pred.float(), x0)
         if t is None:
             t = torch.randint(0, self.schedule.num_steps, (b,), generator=generator, device=x0.device)
@@ -172,7 +196,8 @@ class PhyDiff(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
-        out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter)
+        out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter,
+                   context=batch.context)
         if self.config.x0_skip:
             return F.mse_loss(self.schedule.x0_from_v(x_t.float(), t, g, out.float()), x0)
         target = self.schedule.loss_target(self.config.objective, x0, noise.float(), t, g)
@@ -201,12 +226,14 @@ class PhyDiff(nn.Module):
         tracts: Tensor | None = None,
         use_adapter: bool | None = None,
         adapter_features: list[Tensor] | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """The regression objective's prediction (B, 1, H, W) of the target slice in [-1, 1] space: one
         forward pass with x_t = 0 at t = 0."""
         t = torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device)
         x = torch.zeros(b0.shape, dtype=torch.float32, device=b0.device)
-        return self(x, t, b0, bval, bvec, slice_pos, tracts, adapter_features=adapter_features, use_adapter=use_adapter)
+        return self(x, t, b0, bval, bvec, slice_pos, tracts, adapter_features=adapter_features, use_adapter=use_adapter,
+                    context=context)
 
     # ---------------------------------------------------------------------------------------- sampling
 
@@ -223,11 +250,13 @@ class PhyDiff(nn.Module):
         seed: int | None = None,
         generator: torch.Generator | None = None,
         precision: Literal["fp32", "bf16"] = "fp32",
+        context: Tensor | None = None,
     ) -> Tensor:
         """Synthesise (B, 1, H, W) in the [-1, 1] intensity space of ``b0`` (B, 1, H, W).
 
         ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
         ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
+        ``context`` (B, C, H, W): the context maps of a model with a context (see :meth:`forward`).
         Runs in eval mode (restored afterwards). The regression objective ignores ``sampler``, ``seed`` and
         ``generator`` and returns its one-pass prediction.
         """
@@ -237,16 +266,18 @@ class PhyDiff(nn.Module):
         self.eval()
         try:
             features = self.adapter_features(tracts, b0) if self._use_adapter(tracts, None) else None
-            context = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
+            amp = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
             if self.is_regression:
-                with context:
-                    out = self.regress(b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
+                with amp:
+                    out = self.regress(b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
+                                       context=context)
                 return out.float()
             g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
 
             def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-                with context:
-                    out = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False)
+                with amp:
+                    out = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
+                               context=context)
                 return self.predict_eps(x, t, g, out.float())
 
             return run_sampler(eps_fn, self.schedule, g, tuple(b0.shape), sampler, b0, generator, b0.device)

@@ -75,6 +75,11 @@ def framewise_displacement(params: np.ndarray, radius_mm: float = FD_RADIUS_MM) 
     return np.concatenate([[0.0], fd])
 
 
+def rotation_angle(rotation: np.ndarray) -> float:
+    """The angle (radians) of a rotation matrix (3, 3): the most it turns any vector."""
+    return float(np.arccos(np.clip((np.trace(np.asarray(rotation)[:3, :3]) - 1) / 2, -1, 1)))
+
+
 def motion_errors(estimated: np.ndarray, truth: np.ndarray, centre=(0.0, 0.0, 0.0)) -> tuple[np.ndarray, np.ndarray]:
     """Per-volume errors ``(translation mm (N,), rotation degrees (N,))`` of estimated parameters ``(N, 6)``
     against true ones, both about ``centre``.
@@ -91,7 +96,7 @@ def motion_errors(estimated: np.ndarray, truth: np.ndarray, centre=(0.0, 0.0, 0.
         expected = t @ offset
         residual = np.linalg.inv(expected) @ f
         trans.append(np.linalg.norm(expected[:3, 3] - f[:3, 3]))
-        rot.append(np.degrees(np.arccos(np.clip((np.trace(residual[:3, :3]) - 1) / 2, -1, 1))))
+        rot.append(np.degrees(rotation_angle(residual)))
     return np.array(trans), np.array(rot)
 
 

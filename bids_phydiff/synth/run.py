@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedBundle", "SubjectData", "load_bundle", "load_subject", "model_evaluations", "synthesise_acquired",
-           "synthesise_run"]
+__all__ = ["LoadedBundle", "SubjectData", "load_bundle", "load_subject", "model_evaluations", "run_context",
+           "synthesise_acquired", "synthesise_run"]
 
 
 @dataclass(frozen=True)
@@ -117,15 +117,54 @@ def synthesise_run(loaded: LoadedBundle, subject: SubjectData, scheme: TargetSch
     """Synthesise ``scheme`` for ``subject`` from its b0 reference with ``loaded``'s model and atlases.
 
     Returns ``(Synthesis (X, Y, Z, N) signal units, seconds)``. The run must be on the bundle's grid, else
-    :class:`~.grid.GridMismatchError` (65) naming its b0 reference.
+    :class:`~.grid.GridMismatchError` (65) naming its b0 reference. A bundle with a context takes it from the
+    run's own acquired shell (:func:`run_context`).
     """
     bundle, conditions = loaded.bundle, loaded.conditions
     check_grid(bundle.grid, subject.b0.shape, subject.affine, str(subject.run.b0ref))
     start = time.perf_counter()
+    context = run_context(loaded, subject)
     result = synthesise(bundle.model, subject.b0, subject.mask, scheme, conditions.adc_atlas, conditions.shells,
                         slice_grid(bundle.grid, bundle.model), sampler, samples=samples, batch_size=batch_size,
-                        seed=seed, tracts=conditions.tracts, progress=progress)
+                        seed=seed, tracts=conditions.tracts, progress=progress, context=context)
     return result, time.perf_counter() - start
+
+
+def run_context(loaded: LoadedBundle, subject: SubjectData) -> np.ndarray | None:
+    """The context maps ``(X, Y, Z, C)`` the bundle's model needs (None for the b0-only model), from the
+    lowest acquired shell of the run among those the bundle was trained to take its context from (bundle
+    metadata ``context.shells``; any shell when it names none). A run without such a shell is an
+    :class:`InputDataError` (exit 65) naming the run's DWI file."""
+    from ..prep.context import SHELL_TOLERANCE, context_maps
+    from ..prep.gradients import B0_THRESHOLD, unique_shells
+    from ..train.context import context_shells_of
+
+    kind = loaded.bundle.model.config.context
+    if kind == "none":
+        return None
+    wanted = (loaded.bundle.metadata.get("context") or {}).get("shells")
+    shells = context_shells_of(subject.bvals, wanted)
+    if not shells:
+        present = [float(b) for b in unique_shells(subject.bvals[subject.bvals > B0_THRESHOLD])]
+        raise InputDataError(
+            f"{subject.run.dwi}: model bundle {loaded.bundle.path} synthesises from a {kind!r} context of an "
+            f"acquired shell b = {wanted} s/mm^2, and this run has none of them (its shells: {present})")
+    keep = np.flatnonzero((subject.bvals <= B0_THRESHOLD) | (np.abs(subject.bvals - shells[0]) <= SHELL_TOLERANCE))
+    if subject.dwi is not None:
+        dwi = subject.dwi[..., keep]
+    else:
+        img = nib.load(str(subject.run.dwi))
+        if img.ndim != 4 or img.shape[:3] != subject.b0.shape or img.shape[3] != subject.bvals.size:
+            raise InputDataError(f"{subject.run.dwi}: expected a 4-D series of {subject.bvals.size} volumes on the "
+                                 f"grid {subject.b0.shape}, got shape {img.shape}")
+        dwi = np.stack([np.asarray(img.dataobj[..., i], dtype=np.float32) for i in keep], axis=-1)
+    try:
+        maps = context_maps(kind, dwi, subject.bvals[keep], subject.bvecs[keep], subject.mask, shells=[shells[0]],
+                            scale=subject.scale)
+    except ValueError as error:
+        raise InputDataError(f"{subject.run.dwi}: cannot fit the {kind!r} context ({error})") from None
+    log.info("%s context from the b = %g shell of %s", kind, shells[0], subject.run.dwi)
+    return maps
 
 
 def synthesise_acquired(loaded: LoadedBundle, subject: SubjectData, sampler: SamplerConfig, seed: int,

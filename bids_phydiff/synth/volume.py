@@ -91,6 +91,7 @@ def synthesise(
     precision: str = "fp32",
     skip_empty: bool = True,
     progress: bool | None = None,
+    context: np.ndarray | None = None,
 ) -> Synthesis:
     """Synthesise every target of ``scheme`` for every axial slice.
 
@@ -106,7 +107,8 @@ def synthesise(
     there). A regression-objective model (``config.objective == "regression"``) ignores ``sampler`` and
     ``seed`` and predicts each slice in one forward pass. ``tracts`` ``(X, Y, Z, C)`` tract probabilities for the XTRACT adapter (optional).
     ``precision``: ``"fp32"`` or ``"bf16"`` autocast. ``progress``: a tqdm bar over items (None = only on a
-    terminal). Returns :class:`Synthesis` ``(mean, std)``.
+    terminal). ``context`` ``(X, Y, Z, C)``: the context maps of the run (:mod:`bids_phydiff.prep.context`),
+    required exactly for a model with a context (``config.context``). Returns :class:`Synthesis` ``(mean, std)``.
     """
     b0 = np.asarray(b0, dtype=np.float32)
     mask = np.asarray(mask) > 0
@@ -156,6 +158,15 @@ def synthesise(
             tracts_p = grid.pad(tracts.transpose(3, 2, 0, 1))  # (C, Z, H, W)
     elif model.adapter is not None:
         log.warning("the model has an XTRACT adapter but no tract condition was given: backbone only")
+    context_p = None
+    if (context is None) != (model.config.context == "none"):
+        raise ValueError(f"the model's context is {model.config.context!r}: context maps must be given "
+                         f"exactly when it is not 'none'")
+    if context is not None:
+        context = np.asarray(context, dtype=np.float32)
+        if context.ndim != 4 or context.shape[:3] != b0.shape:
+            raise ValueError(f"context must be (X, Y, Z, C) on the grid {b0.shape}, got {context.shape}")
+        context_p = grid.pad(context.transpose(2, 3, 0, 1))  # (Z, C, H, W), 0 outside the brain
 
     norm = Normaliser.from_b0(b0, mask)
     X, Y, Z = b0.shape
@@ -210,8 +221,10 @@ def synthesise(
                 adc = torch.from_numpy(np.stack([cache[(z, n)] for z, n in zip(zs, ns)])[:, None]).to(dev)
             cond = None if tracts_p is None else torch.from_numpy(tracts_p[:, zs].transpose(1, 0, 2, 3).copy()).to(dev)
             generators = [make_generator(sample_seed(seed, z, n, k), dev) for z, n, k in batch]
+            ctx = None if context_p is None else torch.from_numpy(context_p[zs]).to(dev)
             out = model.sample(
-                b0_t, bval, bvec, pos, adc, cond, sampler=inner, generator=generators, precision=precision
+                b0_t, bval, bvec, pos, adc, cond, sampler=inner, generator=generators, precision=precision,
+                context=ctx,
             )
             images = grid.crop(norm.inverse(out[:, 0].detach().to("cpu", torch.float64).numpy()))  # (B, X, Y)
             for (z, n, _), image in zip(batch, images):

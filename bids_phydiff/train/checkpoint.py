@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..atomic import replace_dir, staging_dir
+from ..atomic import public_mode, replace_dir, staging_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def save_checkpoint(folder: Path, step: int, model: nn.Module, ema: nn.Module, o
     staging = staging_dir(folder, prefix=f".{target.name}.")
     try:
         save_file(tensors, str(staging / TENSORS_FILE))
+        public_mode(staging / TENSORS_FILE)  # safetensors writes 0600
         with open(staging / STATE_FILE, "w", encoding="utf-8") as handle:
             json.dump(record, handle, indent=1, allow_nan=True)
             handle.write("\n")

@@ -3,7 +3,9 @@
 A sample is one (run, diffusion-weighted volume, slice): the normalised b0 slice, the normalised target
 slice, its b-value (s/mm^2) and b-vector (FSL convention of the template grid), the continuous slice
 position in [0, 1], the ADC-atlas slice for that b-value (mm^2/s) and, optionally, the tract
-probabilities. Images are ``(C, H, W)`` on the padded model grid, H and W the template's first two axes.
+probabilities. For a model with a context (``context`` ``dti``/``sh4``) a sample is also one of the run's
+context shells, drawn with the sample (so uniformly at random over the shells): it carries that shell's
+context maps ``(C, H, W)`` (:mod:`.context`), and its target may be any volume, of that shell or another. Images are ``(C, H, W)`` on the padded model grid, H and W the template's first two axes.
 
 Volumes are read once into uncompressed, normalised ``.npy`` caches in the work dir and then memory
 mapped, so memory stays flat as subjects are added.
@@ -15,6 +17,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -70,6 +73,7 @@ class RunCache:
     bvals: np.ndarray
     bvecs: np.ndarray
     scale: float
+    folder: Path | None = None
 
 
 def _cache_key(run: PreparedRun) -> str:
@@ -111,6 +115,7 @@ def cache_run(run: PreparedRun, cache_dir: Path) -> RunCache:
         bvals=table.bvals,
         bvecs=table.bvecs,
         scale=float(np.load(folder / "scale.npy")[0]),
+        folder=folder,
     )
 
 
@@ -119,7 +124,8 @@ class SliceDataset(torch.utils.data.Dataset):
 
     ``adc_atlas`` is ``(X, Y, Z, S)`` in mm^2/s for the sorted ``shells``; ``tracts`` optional
     ``(X, Y, Z, K)`` probabilities on the template grid (both as their NIfTI files store them). Slices whose brain mask covers less than
-    ``min_brain_fraction`` of the largest brain slice are left out.
+    ``min_brain_fraction`` of the largest brain slice are left out. ``context``: the model's context kind;
+    ``context_shells``: the acquired shells (s/mm^2) that may serve as context (None = every acquired shell).
     """
 
     def __init__(
@@ -132,8 +138,11 @@ class SliceDataset(torch.utils.data.Dataset):
         tracts: np.ndarray | None = None,
         b0_threshold: float = B0_THRESHOLD,
         min_brain_fraction: float = 0.1,
+        context: str = "none",
+        context_shells: Sequence[float] | None = None,
     ):
         from ..model.schedule import interpolate_adc
+        from .context import run_context_maps
 
         self.grid = grid
         self.caches = [cache_run(run, cache_dir) for run in runs]
@@ -142,6 +151,10 @@ class SliceDataset(torch.utils.data.Dataset):
         self.tracts = None if tracts is None else grid.pad(np.asarray(tracts, dtype=np.float32).transpose(3, 2, 0, 1))
         self._adc_cache: dict[float, np.ndarray] = {}
         self._interpolate = interpolate_adc
+        self.contexts = None if context == "none" else [
+            list(run_context_maps(run, cache.folder, context, cache.scale, context_shells).items())
+            for run, cache in zip(runs, self.caches)
+        ]
         index = []
         for r, cache in enumerate(self.caches):
             if cache.dwi.shape[1:] != (grid.shape[2], grid.shape[0], grid.shape[1]):
@@ -149,9 +162,14 @@ class SliceDataset(torch.utils.data.Dataset):
             area = np.asarray(cache.mask).reshape(cache.mask.shape[0], -1).sum(axis=1)
             slices = np.flatnonzero(area >= min_brain_fraction * max(area.max(), 1))
             volumes = np.flatnonzero(cache.bvals > b0_threshold)
-            vv, zz = np.meshgrid(volumes, slices, indexing="ij")
-            index.append(np.stack([np.full(vv.size, r), vv.ravel(), zz.ravel()], axis=1))
-        self.index = np.concatenate(index) if index else np.zeros((0, 3), int)
+            if self.contexts is None:
+                vv, zz = np.meshgrid(volumes, slices, indexing="ij")
+                index.append(np.stack([np.full(vv.size, r), vv.ravel(), zz.ravel()], axis=1))
+            else:  # (run, volume, slice, context shell)
+                vv, zz, cc = np.meshgrid(volumes, slices, np.arange(len(self.contexts[r])), indexing="ij")
+                index.append(np.stack([np.full(vv.size, r), vv.ravel(), zz.ravel(), cc.ravel()], axis=1))
+        width = 3 if self.contexts is None else 4
+        self.index = np.concatenate(index) if index else np.zeros((0, width), int)
         LOGGER.info("%d samples from %d run(s) on grid %s -> %s", len(self.index), len(runs), grid.shape, grid.padded)
 
     def __len__(self) -> int:
@@ -166,7 +184,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return self._adc_cache[key]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        r, v, z = (int(x) for x in self.index[i])
+        r, v, z = (int(x) for x in self.index[i][:3])
         cache = self.caches[r]
         b = float(cache.bvals[v])
         sample = {
@@ -180,4 +198,8 @@ class SliceDataset(torch.utils.data.Dataset):
         }
         if self.tracts is not None:
             sample["tracts"] = torch.from_numpy(self.tracts[:, z].copy())
+        if self.contexts is not None:
+            shell, maps = self.contexts[r][int(self.index[i][3])]
+            sample["context"] = torch.from_numpy(self.grid.pad(np.asarray(maps[z])))
+            sample["context_bval"] = torch.tensor(shell, dtype=torch.float32)
         return sample

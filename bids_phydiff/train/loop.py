@@ -85,6 +85,7 @@ def to_batch(samples: dict[str, torch.Tensor], device: torch.device, with_tracts
         slice_pos=samples["slice_pos"].to(device),
         adc=samples["adc"].to(device),
         tracts=None if tracts is None else tracts.to(device),
+        context=samples["context"].to(device) if "context" in samples else None,
     )
 
 

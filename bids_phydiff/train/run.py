@@ -187,8 +187,9 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
     for turn in ("main", "others"):  # rank 0 writes the caches, the others then read them
         if (turn == "main") == world.is_main:
             datasets = (
-                SliceDataset(train_runs, grid, cache, atlas, shells, tracts),
-                SliceDataset(val_runs, grid, cache, atlas, shells, tracts) if val_runs else None,
+                SliceDataset(train_runs, grid, cache, atlas, shells, tracts, context=model_config.context),
+                SliceDataset(val_runs, grid, cache, atlas, shells, tracts, context=model_config.context)
+                if val_runs else None,
             )
         ddp.barrier(world)
     train_set, val_set = datasets
@@ -223,9 +224,18 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
             "tract_channels": None if tracts is None else int(tracts.shape[3]),
             "tract_atlas": None if tracts is None else TRACT_ATLAS_FILE,
         }
+        if model_config.context != "none":
+            bundle_meta["context"] = _context_record(model_config.context, train_set)
         bundle = write_bundle(out_dir, loop, grid_spec, shells, atlas, info, bundle_meta, overwrite, tracts)
     ddp.barrier(world)
     return TrainResult(bundle, metrics, loop.history, tuple(float(b) for b in shells), loop)
+
+
+def _context_record(kind: str, train_set: SliceDataset) -> dict[str, Any]:
+    """What synthesis needs to build the model's context: the kind and the acquired shells (s/mm^2) it was
+    trained to take it from."""
+    shells = sorted({float(b) for run in train_set.contexts for b, _ in run})
+    return {"kind": kind, "shells": shells}
 
 
 def _metrics(loop: LoopResult, train_set, val_set) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def _out(runtime, name: str) -> str:
 class _DerivativesSinkInput(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="file to store")
     source_file = traits.Str(mandatory=True, desc="the input file this derives from (gives the entities)")
+    source_entities = traits.Dict(desc="the source's entities in file order ({'sub': '01', ...}), used instead "
+                                  "of those of source_file's name")
     output_dir = traits.Str(mandatory=True, desc="derivatives root")
     suffix = traits.Str(mandatory=True)
     extension = traits.Str(mandatory=True, desc="e.g. .nii.gz, .bval, .h5")
@@ -49,7 +51,9 @@ class DerivativesSink(SimpleInterface):
         from ..bids.derivatives import copy_file, derivative_path, write_json
 
         entities = {("from_" if k == "from" else k): v for k, v in self.inputs.entities.items()}
-        target = derivative_path(Path(self.inputs.output_dir), self.inputs.source_file, self.inputs.suffix,
+        given = self.inputs.source_entities
+        source = dict(given) if isdefined(given) and given else self.inputs.source_file
+        target = derivative_path(Path(self.inputs.output_dir), source, self.inputs.suffix,
                                  self.inputs.extension, **entities)
         copy_file(Path(self.inputs.in_file), target)
         self._results["out_file"] = str(target)

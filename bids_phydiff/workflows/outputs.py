@@ -24,7 +24,8 @@ def registration_path(with_t1w: bool, hmc: bool = False) -> str:
 
 
 def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, output_dir, b0_threshold: float,
-                            with_t1w: bool, name: str = "dwi_derivatives_wf", hmc: bool = False) -> pe.Workflow:
+                            with_t1w: bool, name: str = "dwi_derivatives_wf", hmc: bool = False,
+                            provenance: dict | None = None) -> pe.Workflow:
     """Write the prepare-stage derivatives of one DWI run.
 
     Parameters
@@ -42,6 +43,10 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
     hmc
         Whether head motion was corrected (then the confounds are written, as fMRIPrep and QSIPrep name
         them: ``<source entities>_desc-confounds_timeseries.tsv`` + ``.json``).
+    provenance
+        Added to the DWI sidecar: how the run was made (``InputType``, ``HeadMotionCorrection``,
+        ``Denoising``). Outputs are named from the run's entities (for a preprocessed input, without its
+        ``space``/``res``/``desc``).
 
     Inputs
     ------
@@ -65,6 +70,7 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
     sources = [bids_uri(p, bids_dir) for p in (dwi.dwi, dwi.bval, dwi.bvec)]
     if with_t1w:
         sources.append(bids_uri(dwi.t1w, bids_dir))
+    mask_sources = [bids_uri(dwi.mask, bids_dir)] if dwi.mask is not None else sources[:2]
     spatial = space_metadata(grid.name, grid.resolution_mm, grid.t1w)
     path = registration_path(with_t1w)
     rotation = ("each b-vector rotated by the linear part of its own volume's chain" if hmc
@@ -73,6 +79,7 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         "SkullStripped": False,
         "Sources": sources,
         **spatial,
+        **(provenance or {}),
         "Description": f"All volumes resampled once into {grid.name} at {grid.resolution_mm:g} mm "
                        f"({registration_path(with_t1w, hmc)}); {rotation} and given in the FSL convention of "
                        "this image.",
@@ -87,7 +94,7 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
           "Description": f"Mean of the {'motion-corrected ' if hmc else ''}volumes with b <= {b0_threshold:g} "
                          "s/mm^2"}),
         ("mask", "ds_mask", "mask", ".nii.gz", {**space, "desc": "brain"},
-         {"Type": "Brain", "Sources": sources[:2], **spatial}),
+         {"Type": "Brain", "Sources": mask_sources, **spatial}),
         ("forward", "ds_xfm_forward", "xfm", ".h5", {"from": "dwi", "to": grid.name, "mode": "image"},
          {"Sources": sources[:1], "Description": path}),
         ("inverse", "ds_xfm_inverse", "xfm", ".h5", {"from": grid.name, "to": "dwi", "mode": "image"},
@@ -97,7 +104,8 @@ def init_dwi_derivatives_wf(run: CheckedRun, grid: TemplateGrid, bids_dir, outpu
         sinks += [("confounds", "ds_confounds", "timeseries", ".tsv", {"desc": "confounds"}, None),
                   ("confounds_meta", "ds_confounds_meta", "timeseries", ".json", {"desc": "confounds"}, None)]
     for field, node_name, suffix, extension, entities, metadata in sinks:
-        node = pe.Node(DerivativesSink(source_file=str(dwi.dwi), output_dir=str(output_dir), suffix=suffix,
+        node = pe.Node(DerivativesSink(source_file=str(dwi.dwi), source_entities=dict(dwi.entities),
+                                       output_dir=str(output_dir), suffix=suffix,
                                        extension=extension, entities=entities, metadata=metadata or {}),
                        name=node_name, run_without_submitting=True)
         wf.connect(inputnode, field, node, "in_file")

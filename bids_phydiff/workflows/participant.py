@@ -19,7 +19,9 @@ from nipype.pipeline import engine as pe
 from ..bids.checks import CheckedRun
 from ..bids.derivatives import init_output_dir
 from ..config import RunConfig
+from ..prep.denoise import denoising_metadata
 from ..prep.templates import TemplateGrid
+from .denoise import Denoise
 from .execution import run_workflow
 from .interfaces import (
     B0Reference,
@@ -53,6 +55,8 @@ class PrepareSettings:
     """head-motion correction: rigid or none"""
     fd_threshold: float = 1.0
     """mm; volumes above this framewise displacement are listed"""
+    denoise: str = "none"
+    """dipy denoising of raw series first: none, mppca or patch2self"""
 
 
 def _identifier(text: str) -> str:
@@ -125,11 +129,13 @@ def init_t1w_wf(t1w: Path, grid: TemplateGrid, settings: PrepareSettings, name: 
 
 def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSettings, with_t1w: bool,
                      name: str | None = None) -> pe.Workflow:
-    """Prepare one DWI run: b0 reference, brain mask, head-motion correction (``settings.hmc == "rigid"``:
-    one rigid transform per volume onto the corrected b0 reference, :class:`.motion.EstimateMotion`),
+    """Prepare one DWI run: optional denoising (``settings.denoise``, :class:`.denoise.Denoise`), b0 reference,
+    brain mask (a preprocessed run's own mask when it has one), head-motion correction (``settings.hmc ==
+    "rigid"``: one rigid transform per volume onto the corrected b0 reference, :class:`.motion.EstimateMotion`),
     registration, one resampling of each volume through its own composed chain, b-vectors rotated per
     volume, derivatives (:func:`.outputs.init_dwi_derivatives_wf`, with the motion confounds) and the run's
-    report figures (with the motion trace).
+    report figures (with the motion trace). A preprocessed run (``run.run.preprocessed``) is neither
+    denoised nor motion-corrected.
 
     Parameters
     ----------
@@ -159,35 +165,53 @@ def init_dwi_prep_wf(run: CheckedRun, grid: TemplateGrid, settings: PrepareSetti
     outputnode = pe.Node(niu.IdentityInterface(["figures", "titles", "captions"]), name="outputnode")
     threads, g = settings.threads, grid.to_dict()
 
-    b0ref = pe.Node(B0Reference(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval), threshold=settings.b0_threshold),
+    denoise = None
+    if settings.denoise != "none" and not dwi.preprocessed:
+        denoise = pe.Node(Denoise(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval), method=settings.denoise,
+                                  b0_threshold=settings.b0_threshold), name="denoise", mem_gb=2 * _series_gb(run, grid))
+    series = {} if denoise else {"in_dwi": str(dwi.dwi)}  # else connected from the denoised series
+    b0ref = pe.Node(B0Reference(**series, in_bval=str(dwi.bval), threshold=settings.b0_threshold),
                     name="b0_reference", mem_gb=_series_gb(run, grid) / 2)
-    mask = pe.Node(BrainMask(), name="brain_mask")
+    if denoise is not None:
+        wf.connect(denoise, "out_file", b0ref, "in_dwi")
+    if dwi.mask is not None:
+        mask = pe.Node(niu.IdentityInterface(["out_file"]), name="given_mask")
+        mask.inputs.out_file = str(dwi.mask)
+    else:
+        mask = pe.Node(BrainMask(), name="brain_mask")
     hmc = None
-    if settings.hmc == "rigid":
+    if settings.hmc == "rigid" and not dwi.preprocessed:
         # the raw b0 mean and its mask guide the motion correction; the corrected b0 mean (the frame of the
         # per-volume transforms) and its own mask take their place downstream
         raw_mask = pe.Node(BrainMask(), name="hmc_brain_mask")
-        hmc = pe.Node(EstimateMotion(in_dwi=str(dwi.dwi), in_bval=str(dwi.bval),
+        hmc = pe.Node(EstimateMotion(**series, in_bval=str(dwi.bval),
                                      b0_threshold=settings.b0_threshold, fd_threshold=settings.fd_threshold,
                                      threads=threads, seed=settings.seed), name="hmc", n_procs=threads,
                       mem_gb=REGISTRATION_GB + _series_gb(run, grid) / 2)
-        wf.connect([(b0ref, raw_mask, [("out_file", "in_file")]), (raw_mask, hmc, [("out_file", "mask")])])
+        wf.connect([(b0ref, raw_mask, [("out_file", "in_file")]), (raw_mask, hmc, [("out_file", "mask")])]
+                   + ([(denoise, hmc, [("out_file", "in_dwi")])] if denoise is not None else []))
         b0ref = pe.Node(niu.IdentityInterface(["out_file"]), name="hmc_b0_reference")
         wf.connect(hmc, "b0_reference", b0ref, "out_file")
     init = "identity" if _same_session(run) else "center_of_mass"
     register = pe.Node(RegisterB0(grid=g, threads=threads, seed=settings.seed, init=init), name="register",
                        n_procs=threads, mem_gb=REGISTRATION_GB)
     xfm = pe.Node(WriteTransforms(threads=threads), name="transforms")
-    resample_dwi = pe.Node(Resample(in_file=str(dwi.dwi), grid=g, threads=threads), name="resample_dwi",
-                           n_procs=threads, mem_gb=_series_gb(run, grid))
+    resample_dwi = pe.Node(Resample(**({} if denoise else {"in_file": str(dwi.dwi)}), grid=g, threads=threads),
+                           name="resample_dwi", n_procs=threads, mem_gb=_series_gb(run, grid))
+    if denoise is not None:
+        wf.connect(denoise, "out_file", resample_dwi, "in_file")
+    if dwi.mask is None:
+        wf.connect(b0ref, "out_file", mask, "in_file")
     resample_b0 = pe.Node(Resample(grid=g, threads=threads), name="resample_b0")
     resample_mask = pe.Node(Resample(grid=g, mask=True, threads=threads), name="resample_mask")
     gradients = pe.Node(ReorientGradients(in_bval=str(dwi.bval), in_bvec=str(dwi.bvec), source_image=str(dwi.dwi)),
                         name="reorient_gradients")
+    provenance = {"InputType": "preprocessed" if dwi.preprocessed else "raw",
+                  "HeadMotionCorrection": "rigid" if hmc is not None else "none",
+                  "Denoising": denoising_metadata(settings.denoise, run.shape[3]) if denoise else {"Method": "none"}}
     derivatives = init_dwi_derivatives_wf(run, grid, settings.bids_dir, settings.output_dir, settings.b0_threshold,
-                                          with_t1w, hmc=hmc is not None)
+                                          with_t1w, hmc=hmc is not None, provenance=provenance)
     wf.connect([
-        (b0ref, mask, [("out_file", "in_file")]),
         (b0ref, register, [("out_file", "b0")]),
         (mask, register, [("out_file", "b0_mask")]),
         (register, xfm, [("out_chain", "in_chain")]),
@@ -264,8 +288,14 @@ def init_participant_wf(subject: str, runs: list[CheckedRun], grid: TemplateGrid
         t1w_wfs[t1w] = init_t1w_wf(t1w, grid, settings, name=f"anat_{label}_wf")
     merge = {key: pe.Node(niu.Merge(len(runs), no_flatten=True), name=f"merge_{key}") for key in ("figures", "titles", "captions")}
     notes = [f"Template {grid.name} at {grid.resolution_mm:g} mm, grid {grid.shape}."]
-    if settings.hmc == "rigid":
+    raw = [r for r in runs if not r.run.preprocessed]
+    if settings.denoise != "none" and raw:
+        notes.append(f"Raw DWI denoised first ({settings.denoise}, dipy).")
+    if settings.hmc == "rigid" and raw:
         notes.append("Head motion corrected per volume (rigid), composed with the template registration.")
+    if len(raw) < len(runs):
+        notes.append("Preprocessed input (desc-preproc DWI): not denoised or motion-corrected again; the brain mask "
+                     "that came with it is used where there is one.")
     for i, run in enumerate(runs, start=1):
         with_t1w = run.run.t1w is not None
         dwi_wf = init_dwi_prep_wf(run, grid, settings, with_t1w)
@@ -300,7 +330,9 @@ def run_participant(config: RunConfig, checked: list[CheckedRun]) -> None:
                 grid.shape, grid.source_resolution_mm, grid.home)
     init_output_dir(config.output_dir, config.bids_dir)
     settings = PrepareSettings(config.bids_dir, config.output_dir, config.omp_nthreads, config.seed,
-                               config.b0_threshold, config.hmc, config.fd_threshold)
+                               config.b0_threshold, config.hmc, config.fd_threshold, config.denoise)
+    if any(r.run.preprocessed for r in checked) and config.denoise != "none":
+        LOGGER.warning("--denoise %s: not applied to preprocessed input", config.denoise)
     wf = pe.Workflow(name="bids_phydiff_prepare_wf")
     subjects = sorted({r.run.subject for r in checked})
     for subject in subjects:
