@@ -13,6 +13,7 @@ from bids_phydiff.prep.motion import (
     PARAMETERS,
     ants_to_world,
     confounds_sidecar,
+    drift_anchor,
     framewise_displacement,
     grid_centre,
     parameters_of,
@@ -65,6 +66,18 @@ def test_confounds_tsv_round_trip_and_sidecar_lists_volumes_above_threshold(tmp_
     assert meta["trans_x"]["Units"] == "mm" and meta["rot_z"]["Units"] == "rad"
 
 
+def test_drift_anchor_interpolates_the_b0_positions_over_the_shell():
+    centre = np.array([4.0, -10.0, 20.0])
+    start, end = np.zeros(6), np.array([2.0, -1.0, 0.5, 0.02, 0.0, -0.01])
+    b0s = [rigid_matrix(start, centre), rigid_matrix(end, centre)]
+    # b0s at volumes 0 and 10, the shell in between: the head drifted linearly, on average halfway
+    mid = rigid_parameters(drift_anchor(b0s, [0, 10], range(1, 10), centre), centre)
+    np.testing.assert_allclose(mid, end / 2, atol=1e-9)
+    # volumes after the last b0 stay at its position; one b0: the shell is where that b0 was
+    np.testing.assert_allclose(rigid_parameters(drift_anchor(b0s, [0, 10], [11, 12], centre), centre), end, atol=1e-9)
+    np.testing.assert_allclose(drift_anchor(b0s[1:], [0], [1, 2, 3], centre), b0s[1], atol=1e-9)
+
+
 def test_grid_centre():
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     affine[:3, 3] = [-10, -20, -30]
@@ -100,9 +113,12 @@ def _write_series(path, volumes, affine):
 
 
 def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
-    """Volumes of a smooth blob moved by known rigid maps (two b0, four b=1000 with a darker contrast)."""
+    """Volumes of a smooth blob moved by known rigid maps (two b0, four b=1000 with a darker contrast).
+
+    The motion is independent from volume to volume, so the shell's mean position is known only to a
+    registration to the b0s (here a pure contrast scale, where that registration is exact)."""
     ants = _ants()
-    from bids_phydiff.prep.hmc import estimate_motion
+    from bids_phydiff.prep.hmc import HmcConfig, estimate_motion
     from bids_phydiff.prep.mask import write_brain_mask
 
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -127,7 +143,7 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     bvecs = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1], [0.6, 0.8, 0]], dtype=float)
     write_fsl(GradientTable(bvals, bvecs), tmp_path / "dwi.bval", tmp_path / "dwi.bvec")
     mask = write_brain_mask(base, tmp_path / "mask.nii.gz")
-    found = estimate_motion(dwi, tmp_path / "dwi.bval", mask, tmp_path / "hmc")
+    found = estimate_motion(dwi, tmp_path / "dwi.bval", mask, tmp_path / "hmc", config=HmcConfig(anchor="registration"))
     assert len(found.transforms) == 6 and all(p.is_file() for p in found.transforms)
     assert found.fd[0] == 0 and found.parameters.shape == (6, 6)
     np.testing.assert_allclose(found.parameters[:, :3], truth[:, :3], atol=0.25)

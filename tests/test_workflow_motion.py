@@ -65,7 +65,7 @@ def test_recovered_motion_matches_the_truth(runs):
     print(f"motion recovery at 4 mm, --motion 3: translation error median {np.median(trans):.3f} mm "
           f"(max {trans.max():.2f}), rotation error median {np.median(rot):.3f} deg (max {rot.max():.2f})")
     assert np.median(trans) < 0.3
-    assert np.median(rot) < 0.4  # 0.27 measured (b = 1000, seed 3; prep/hmc.py); a few ITK threads move it a little
+    assert np.median(rot) < 0.4  # 0.34 measured (b = 1000, seed 3; prep/hmc.py); a few ITK threads move it a little
     # the motion itself is much larger than the errors: the correction did something
     true_rot = np.degrees(np.abs(parameters_of(truth)[:, 3:]).max(axis=1))
     assert np.median(true_rot) > 2 * np.median(rot)

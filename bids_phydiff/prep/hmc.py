@@ -9,9 +9,23 @@ look too different at high b for a direct registration to be reliable:
 
 ``HmcConfig.refinements`` > 0 rebuilds each target from the registered volumes (leaving the volume out)
 and registers again. A shell's mean lies where the head was on average during that shell, not where the
-b0 frame lies, so each shell's final mean is registered once to the b0 mean (mutual information) and
-that transform is composed with the volumes' own. Every volume thus gets one rigid map from the b0 frame
-to itself (parameters: :mod:`.motion`); the mean of the corrected b0 volumes is the run's new b0 reference.
+b0 frame lies: the anchor (``HmcConfig.anchor``) places it from the b0 volumes' own positions, interpolated
+in acquisition order over the shell's volumes (slow drift; with one b0, the b0's position), and that map is
+composed with the volumes' own. Every volume thus gets one rigid map from the b0 frame to itself
+(parameters: :mod:`.motion`); the mean of the corrected b0 volumes is the run's new b0 reference.
+
+Why not register each shell's mean to the b0 mean (``anchor="registration"``, mutual information)? On the
+real scans it is biased: on all five sub-toshiba acquisitions (differently tilted slice stacks, b = 1500)
+and both sub-xa30 runs (b = 2500) it put the diffusion-weighted volumes 2.8-3.9 mm lower and ~2 mm further
+back than the b0, in world coordinates, the same in every series, which no head does; the bright CSF rim of
+the b0 has no counterpart at high b. Eroding the mask for that registration (2 or 4 voxels) made it worse
+(3-6 degrees). Prepared at 4 mm, the median angle of the DTI principal directions between the five
+toshiba acquisitions (the agreement tests/test_workflow_real.py checks; benchmarks/hmc_real_agreement.py),
+median over pairs / worst pair: ``--hmc none`` 7.55 / 8.75 degrees; registration anchor 7.73 / 10.10; drift
+anchor 7.54 / 8.50. The xa30 AP
+and PA runs agree to 17.0 degrees without motion correction and to 12.5 with it (drift anchor; 10.5 with
+the registration anchor, which shifts both runs alike). On the phantom, whose motion is independent from
+volume to volume (no drift), the drift anchor is the worse one with three shells (below).
 
 Measured on 4 mm phantoms (seed 3, 2 b0 + 15 directions per shell, SNR 30) with ``--motion 3`` against the
 true motion, 1 ITK thread on a shared 2-core machine (median over volumes of the translation error and of
@@ -26,14 +40,21 @@ smoothing 1.5, 1 / 2, 1.5 voxels            0.04-0.06, 0.31     0.07, 0.47      
 smoothing 1, 0.5 voxels, refined once       0.03, 0.28          -                           1.7
 Mattes sampling 1.0 instead of 0.5          0.06, 0.49          -                           1.7
 normalised correlation / mean squares       0.08-0.09, 0.86-1.0 -                           0.5-1.1
+shell means registered to the b0 mean       0.05, 0.26          0.06, 0.41                  0.8
 ==========================================  ==================  ==========================  ============
+
+The rows above used the registration anchor; the default (drift anchor, smoothing 1, 1) measures 0.04 mm,
+0.34 degrees at b = 1000 and 0.89 mm, 0.75 degrees with three shells, where each shell's mean head position
+is a random offset from the b0s' that no drift model can know.
 
 On a still head (``--motion 0.01``) the default's median rotation error is 0.08 degrees at b = 1000 (0.29 with
 b = 3000 in the series) with single volumes up to 0.7-0.9 degrees (smoothing 1, 0: at most 0.15 at b = 1000,
 but 0.5 degrees median once the head moves); such a volume shows as ~1 mm of framewise displacement.
 
 Smoothing the finest level by one voxel takes the noise out of the metric; most of the remaining rotation
-error is at b = 3000 (SNR ~ 3-9 in white matter) and in the shell -> b0 anchor. Refining the targets did not
+error is at b = 3000 (SNR ~ 3-9 in white matter) and in the shell -> b0 anchor. Framewise displacement on
+real scans also holds the eddy-current shifts along the phase-encoding axis (sub-xa30: +-3 mm in y from
+direction to direction, mean FD 1.6 mm), which a rigid model takes for motion. Refining the targets did not
 pay, so the default does not. Per-shell tensor predictions as targets (contrast matched per direction) were
 worse than the shell mean (rotation 1.0 degree): the leave-one-out fit from 11 noisy volumes is noisier than
 the 12-volume mean (normalised cross-correlation with the acquired volume 0.58 against 0.72 at b = 3000).
@@ -49,7 +70,7 @@ import numpy as np
 
 from .ants_runtime import AntsError, ants_session
 from .gradients import B0_THRESHOLD, read_bvals, unique_shells
-from .motion import ants_to_world, framewise_displacement, grid_centre, rigid_matrix, rigid_parameters, world_to_ants
+from .motion import ants_to_world, drift_anchor, framewise_displacement, grid_centre, rigid_parameters, world_to_ants
 from .nifti import load_image, save_image
 
 log = logging.getLogger(__name__)
@@ -79,6 +100,10 @@ class HmcConfig:
     refinements: int = 0
     mask_dilation: int = 2
     anchor: str = "b0-drift"
+
+    def __post_init__(self) -> None:
+        if self.anchor not in ("b0-drift", "registration"):
+            raise ValueError(f"anchor must be 'b0-drift' or 'registration', got {self.anchor!r}")
 
 
 DEFAULT_HMC = HmcConfig()
@@ -150,14 +175,6 @@ def _resample(ants, reference, volume, world: np.ndarray, path: Path) -> np.ndar
     return data
 
 
-def _drift_anchor(worlds: list[np.ndarray], b0_index: np.ndarray, index: np.ndarray, centre) -> np.ndarray:
-    """The b0 frame -> shell-mean frame map: the b0 volumes' rigid parameters interpolated linearly over the
-    volume order (held constant before the first and after the last b0) at the shell's volumes, averaged."""
-    params = np.array([rigid_parameters(worlds[i], centre) for i in b0_index])
-    at = np.column_stack([np.interp(index, b0_index, params[:, k]) for k in range(6)])
-    return rigid_matrix(at.mean(axis=0), centre)
-
-
 def estimate_motion(
     dwi_path: str | Path,
     bval_path: str | Path,
@@ -222,7 +239,7 @@ def estimate_motion(
             if config.anchor == "registration":
                 anchor = register(image(b0_mean), image(shell_mean), f"anchor-b{shell:g}", metric="mattes")
             else:
-                anchor = _drift_anchor(worlds, b0_index, index, grid_centre(img.affine, img.shape))
+                anchor = drift_anchor([worlds[i] for i in b0_index], b0_index, index, grid_centre(img.affine, img.shape))
             for i in index:
                 worlds[i] = worlds[i] @ anchor
         transforms = tuple(_write_world(ants, worlds[i], work_dir / f"vol-{i:04d}_hmc.mat")

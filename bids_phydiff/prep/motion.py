@@ -75,6 +75,16 @@ def framewise_displacement(params: np.ndarray, radius_mm: float = FD_RADIUS_MM) 
     return np.concatenate([[0.0], fd])
 
 
+def drift_anchor(b0_worlds, b0_index, index, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Where the head was on average during the volumes ``index``, from the b0 volumes' maps ``b0_worlds``
+    ((4, 4) each, reference -> volume) at positions ``b0_index`` in the series: their parameters interpolated
+    linearly in acquisition order (held before the first and after the last b0), averaged; a (4, 4) map."""
+    params = np.array([rigid_parameters(w, centre) for w in b0_worlds]).reshape(-1, 6)
+    at = np.column_stack([np.interp(np.asarray(index, float), np.asarray(b0_index, float), params[:, k])
+                          for k in range(6)])
+    return rigid_matrix(at.mean(axis=0), centre)
+
+
 def rotation_angle(rotation: np.ndarray) -> float:
     """The angle (radians) of a rotation matrix (3, 3): the most it turns any vector."""
     return float(np.arccos(np.clip((np.trace(np.asarray(rotation)[:3, :3]) - 1) / 2, -1, 1)))
