@@ -171,6 +171,13 @@ def test_input_checks_still_apply_and_name_the_file(qsiprep, tmp_path):
     with pytest.raises(InputDataError, match="desc-brain_mask.nii.gz: a brain mask holds 0 and 1 only"):
         _checked_copy(qsiprep, tmp_path / "c", not_binary)
 
+    def two_spaces(folder):  # the same acquisition also in a template space: both would write one output
+        for path in folder.glob(f"{stem}.*"):
+            shutil.copyfile(path, folder / path.name.replace("space-T1w", "space-MNI152NLin2009cAsym"))
+
+    with pytest.raises(InputDataError, match=r"the same acquisition as .* in another space.*--bids-filter-file"):
+        _checked_copy(qsiprep, tmp_path / "d", two_spaces)
+
 
 def test_a_bad_preprocessed_run_exits_65_before_anything_is_written(qsiprep, tmp_path):
     copy = tmp_path / "tree"

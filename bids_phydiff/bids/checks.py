@@ -307,10 +307,15 @@ def check_given_mask(mask: Path, dwi_img, dwi: Path) -> None:
 def check_runs(runs: list[DwiRun], b0_threshold: float = B0_THRESHOLD) -> list[CheckedRun]:
     """Check every run before any work starts, so a bad file stops the run with nothing written. Two runs
     whose outputs would have the same names (the same file reached twice, e.g. through a folder symlink)
-    are refused."""
+    are refused (for preprocessed input: one acquisition given in two spaces)."""
     seen: dict[tuple[Path, str], Path] = {}
     for run in runs:
         other = seen.setdefault((run.rel_dir, run.prefix), run.dwi)
+        if other != run.dwi and run.preprocessed:
+            raise InputDataError(
+                f"{run.dwi}: the same acquisition as {other.name} in another space or resolution; choose one "
+                'with --bids-filter-file, e.g. {"dwi": {"space": "T1w"}}'
+            )
         if other != run.dwi:
             raise InputDataError(
                 f"{run.dwi}: same entities as {other}, so their outputs would have the same names "

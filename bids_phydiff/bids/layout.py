@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EmptySelectionError, InputDataError, NoInputError, OutputError
-from .preprocessed import DROPPED_ENTITIES, PREPROC_DWI, find_preprocessed_t1w, given_mask, one_space_per_run
+from .preprocessed import DROPPED_ENTITIES, PREPROC_DWI, find_preprocessed_t1w, given_mask
 
 LOGGER = logging.getLogger(__name__)
 
@@ -293,8 +293,6 @@ def discover(
                 preprocessed=preprocessed,
             )
         )
-    if preprocessed:
-        one_space_per_run(runs)
     LOGGER.info(
         "found %d DWI run(s) of %d participant(s) in %s", len(runs), len({r.subject for r in runs}), root
     )

@@ -25,7 +25,6 @@ import json
 import logging
 from pathlib import Path
 
-from ..errors import InputDataError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,16 +95,3 @@ def find_preprocessed_t1w(layout, subject: str, session: str | None, space: str 
     LOGGER.info("sub-%s%s: no preprocessed T1w in space %s; DWI will be registered to the template directly",
                 subject, f" ses-{session}" if session else "", space)
     return None
-
-
-def one_space_per_run(runs: list) -> None:
-    """Two preprocessed DWI of one acquisition (e.g. ``space-T1w`` and ``space-MNI...``) would write the same
-    outputs: refuse, naming both and the filter that picks one."""
-    seen: dict[tuple[Path, str], Path] = {}
-    for run in runs:
-        other = seen.setdefault((run.rel_dir, run.prefix), run.dwi)
-        if other != run.dwi:
-            raise InputDataError(
-                f"{run.dwi}: the same acquisition as {other.name} in another space or resolution; choose one "
-                'with --bids-filter-file, e.g. {"dwi": {"space": "T1w"}}'
-            )

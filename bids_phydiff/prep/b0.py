@@ -33,6 +33,15 @@ def b0_reference(dwi: np.ndarray, bvals: np.ndarray, threshold: float = B0_THRES
     return np.mean(dwi[..., index], axis=-1, dtype=np.float64).astype(np.float32)
 
 
+def load_series(dwi_path: str | Path, bval_path: str | Path):
+    """The 4D DWI image (nibabel, not yet read) and its b-values (s/mm^2), checked to match in count."""
+    bvals = read_bvals(bval_path)
+    img = load_image(dwi_path, ndim=4, what="DWI")
+    if img.shape[3] != bvals.size:
+        raise InputDataError(f"{dwi_path}: {img.shape[3]} volumes but {bval_path} has {bvals.size} b-values")
+    return img, bvals
+
+
 def write_b0_reference(
     dwi_path: str | Path,
     bval_path: str | Path,
@@ -40,10 +49,7 @@ def write_b0_reference(
     threshold: float = B0_THRESHOLD,
 ) -> Path:
     """Write the b0 reference of the run at ``dwi_path`` (with its ``.bval``) to ``out_path`` (same grid)."""
-    bvals = read_bvals(bval_path)
-    img = load_image(dwi_path, ndim=4, what="DWI")
-    if img.shape[3] != bvals.size:
-        raise InputDataError(f"{dwi_path}: {img.shape[3]} volumes but {bval_path} has {bvals.size} b-values")
+    img, bvals = load_series(dwi_path, bval_path)
     index = np.flatnonzero(bvals <= threshold)
     if index.size == 0:
         raise NoB0Error(

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputDataError
-from .gradients import B0_THRESHOLD, read_bvals
-from .nifti import load_data, load_image, save_image
+from .b0 import load_series
+from .gradients import B0_THRESHOLD
+from .nifti import load_data, save_image
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ def denoising_metadata(method: str, n_volumes: int) -> dict:
 def write_denoised(dwi_path: str | Path, bval_path: str | Path, out_path: str | Path, method: str,
                    b0_threshold: float = B0_THRESHOLD, tmp_dir: str | Path | None = None) -> Path:
     """Denoise the series at ``dwi_path`` (with its ``.bval``) into ``out_path``: same grid, float32."""
-    bvals = read_bvals(bval_path)
-    img = load_image(dwi_path, ndim=4, what="DWI")
-    if img.shape[3] != bvals.size:
-        raise InputDataError(f"{dwi_path}: {img.shape[3]} volumes but {bval_path} has {bvals.size} b-values")
+    img, bvals = load_series(dwi_path, bval_path)
     data = load_data(img, dwi_path, "DWI")
     log.info("%s: denoising %s volumes with %s", Path(dwi_path).name, img.shape[3], method)
     out = denoise(data, bvals, method, b0_threshold, tmp_dir)

@@ -69,7 +69,8 @@ from pathlib import Path
 import numpy as np
 
 from .ants_runtime import AntsError, ants_session
-from .gradients import B0_THRESHOLD, read_bvals, unique_shells
+from .b0 import load_series
+from .gradients import B0_THRESHOLD, unique_shells
 from .motion import ants_to_world, drift_anchor, framewise_displacement, grid_centre, rigid_parameters, world_to_ants
 from .nifti import load_image, save_image
 
@@ -194,10 +195,7 @@ def estimate_motion(
     work_dir = Path(work_dir).absolute()
     scratch = work_dir / "registrations"
     scratch.mkdir(parents=True, exist_ok=True)
-    bvals = read_bvals(bval_path)
-    img = load_image(dwi_path, ndim=4, what="DWI")
-    if img.shape[3] != bvals.size:
-        raise AntsError(f"{dwi_path}: {img.shape[3]} volumes but {bval_path} has {bvals.size} b-values")
+    img, bvals = load_series(dwi_path, bval_path)
     b0_index = np.flatnonzero(bvals <= b0_threshold)
     if b0_index.size == 0:
         raise AntsError(f"{dwi_path}: no b0 volume (b <= {b0_threshold:g}) to correct the motion against")
