@@ -1,6 +1,7 @@
 """A context model (issue 19) through training and synthesis at tiny scale on the phantom: each sample takes the
-context of one acquired shell; the bundle records the context; synthesis builds it from the run's own shell and
-refuses a run that lacks every shell the bundle takes its context from (exit 65, naming the run)."""
+context of one acquired shell (or of the shells the training config names, refusing a run without one); the bundle
+records the context; synthesis builds it from the run's own shell and refuses a run that lacks every shell the
+bundle takes its context from (exit 65, naming the run)."""
 
 from __future__ import annotations
 
@@ -103,3 +104,24 @@ def test_synthesis_refuses_a_run_without_the_context_shell(trained, tmp_path):
     assert info.value.exit_code == EXIT_DATA == 65
     message = str(info.value)
     assert str(cut.dwi) in message and "b = [1000.0]" in message and "[2000.0, 3000.0]" in message
+
+
+def test_training_takes_the_context_from_the_configured_shells_only(trained):
+    root, runs, grid, _, _ = trained
+    out = root / "models" / "model-ctx1000"
+    config = CONFIG.replace(context_shells=(1000,), max_steps=1)
+    train_bundle(runs[:1], runs[1:], grid, out, root / "work1000", config, "cpu", None, progress=False)
+    meta = json.loads((out / "config.json").read_text())["metadata"]
+    assert meta["context"] == {"kind": "dti", "shells": [1000.0]}
+    assert json.loads((out / "train.json").read_text())["config"]["context_shells"] == [1000.0]
+
+
+def test_training_refuses_a_run_without_a_configured_context_shell(trained):
+    root, runs, grid, _, _ = trained
+    out = root / "models" / "model-ctx5000"
+    config = CONFIG.replace(context_shells=(5000,))  # the phantom runs have b = 1000, 2000, 3000
+    with pytest.raises(InputDataError) as info:
+        train_bundle(runs[:1], runs[1:], grid, out, root / "work5000", config, "cpu", None, progress=False)
+    assert info.value.exit_code == EXIT_DATA == 65
+    assert str(runs[0].dwi) in str(info.value) and "5000" in str(info.value)
+    assert not out.exists()

@@ -97,8 +97,37 @@ def test_shipped_variant_configs_load_and_switch_what_they_ablate():
             **{**full.conditioning.to_dict(), "query_mapping": False})),
         "no-adapter": full.replace(adapter=None),
         "regression": full.replace(objective="regression"),
+        "phydiff-context": full.replace(context="dti"),
     }
     assert set(loaded) == set(expected)
     for name, cfg in loaded.items():
         assert cfg.model_config() == expected[name], name
         assert (cfg.max_steps, cfg.batch_size, cfg.lr) == (loaded["phydiff"].max_steps, 16, 5e-4), name
+    context = loaded["phydiff-context"]
+    assert context.model_config().context == "dti" and context.model_config().backbone.in_channels == 9
+    assert context.context_shells == (1000.0,)
+    assert all(cfg.context_shells is None for name, cfg in loaded.items() if name != "phydiff-context")
+
+
+def test_context_shells_round_trip_and_are_checked(tmp_path):
+    model = PRESETS["tiny"].replace(context="sh4").to_dict()
+    assert TrainConfig().context_shells is None and "context_shells" in TrainConfig().to_dict()
+    path = tmp_path / "ctx.yaml"
+    path.write_text("preset: tiny\ncontext_shells: [2000, 1000, \"3e3\"]\nmodel:\n" + "\n".join(
+        "  " + line for line in json.dumps(model, indent=1).splitlines()) + "\n")
+    cfg = load_train_config(path)
+    assert cfg.context_shells == (1000.0, 2000.0, 3000.0)
+    assert cfg.to_dict()["context_shells"] == [1000.0, 2000.0, 3000.0]
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig.from_dict({"model": model, "context_shells": None}).context_shells is None
+    for bad, words in [([0], ["context_shells", "> 0"]), ([-1000], ["context_shells"]), ([], ["context_shells"]),
+                       ("1000", ["context_shells"]), (["high"], ["context_shells"]), ([True], ["context_shells"])]:
+        bad_path = tmp_path / "bad.json"
+        bad_path.write_text(json.dumps({"model": model, "context_shells": bad}))
+        with pytest.raises(TrainConfigError) as info:
+            load_train_config(bad_path)
+        assert info.value.exit_code == EXIT_USAGE and str(bad_path) in str(info.value)
+        assert all(word in str(info.value) for word in words), (bad, str(info.value))
+    # a b0-only model has no context to take from a shell
+    with pytest.raises(TrainConfigError, match="context_shells.*no"):
+        TrainConfig(model="tiny", context_shells=(1000,))

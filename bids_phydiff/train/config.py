@@ -14,6 +14,9 @@ GLOBAL batch (samples per step summed over all processes); ``lr`` the peak learn
 ``warmup_steps`` of linear warm-up, then cosine decay to ``lr * min_lr_fraction`` at the stage's last
 step (each stage has its own warm-up and decay); ``val_every`` / ``checkpoint_every`` in steps (0 = only
 at the end); ``val_samples`` how many held-out slices the validation loss averages over.
+``context_shells``: for a model with a context (``model.context`` ``dti``/``sh4``, issue 19), the acquired
+shells (b in s/mm^2) a sample may take its context from; None = every acquired shell of each run. A run
+without any of them is refused at training (exit 65).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class TrainConfig:
     adapter_steps: int = 100
     num_workers: int = 0
     bf16: bool = True
+    context_shells: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for key in _FLOAT_FIELDS:
@@ -70,6 +74,14 @@ class TrainConfig:
             except (TypeError, ValueError) as error:
                 raise TrainConfigError(f"model: {error}") from None
             object.__setattr__(self, "model", model)
+        shells = self.context_shells
+        if shells is not None:
+            if isinstance(shells, (str, bytes)) or not hasattr(shells, "__len__") or len(shells) == 0:
+                raise TrainConfigError(f"context_shells: must be a list of b-values (s/mm^2) or null, got {shells!r}")
+            shells = tuple(_as_float("context_shells", b) for b in shells)
+            if any(b <= 0 for b in shells):
+                raise TrainConfigError(f"context_shells: b-values must be > 0 s/mm^2, got {list(shells)!r}")
+            object.__setattr__(self, "context_shells", tuple(sorted(set(shells))))
         checks = [
             (isinstance(model, PhyDiffConfig) or model in MODEL_PRESETS,
              "model", f"must be a model preset {sorted(MODEL_PRESETS)} or a model config, got {model!r}"),
@@ -92,6 +104,8 @@ class TrainConfig:
              f"must be an integer >= 0, got {self.adapter_steps!r}"),
             (_is_int(self.num_workers) and self.num_workers >= 0, "num_workers", f"must be an integer >= 0, got {self.num_workers!r}"),
             (isinstance(self.bf16, bool), "bf16", f"must be true or false, got {self.bf16!r}"),
+            (self.context_shells is None or _model_context(model) != "none", "context_shells",
+             "needs a model with a context (model.context dti or sh4); this model has none"),
         ]
         for ok, key, message in checks:
             if not ok:
@@ -109,6 +123,8 @@ class TrainConfig:
         """Plain JSON types; ``from_dict(to_dict())`` gives an equal config."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["betas"] = list(self.betas)
+        if self.context_shells is not None:
+            out["context_shells"] = list(self.context_shells)
         if isinstance(self.model, PhyDiffConfig):
             out["model"] = self.model.to_dict()
         return out
@@ -153,6 +169,13 @@ def _as_float(key: str, value: Any) -> float:
     if out != out or out in (float("inf"), float("-inf")):
         raise TrainConfigError(f"{key}: must be finite, got {value!r}")
     return out
+
+
+def _model_context(model: Any) -> str | None:
+    """The context kind of a model preset name or config (None for something that is neither)."""
+    if isinstance(model, PhyDiffConfig):
+        return model.context
+    return MODEL_PRESETS[model].context if isinstance(model, str) and model in MODEL_PRESETS else None
 
 
 def _is_int(value: Any) -> bool:

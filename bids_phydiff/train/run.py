@@ -187,8 +187,10 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
     for turn in ("main", "others"):  # rank 0 writes the caches, the others then read them
         if (turn == "main") == world.is_main:
             datasets = (
-                SliceDataset(train_runs, grid, cache, atlas, shells, tracts, context=model_config.context),
-                SliceDataset(val_runs, grid, cache, atlas, shells, tracts, context=model_config.context)
+                SliceDataset(train_runs, grid, cache, atlas, shells, tracts, context=model_config.context,
+                             context_shells=config.context_shells),
+                SliceDataset(val_runs, grid, cache, atlas, shells, tracts, context=model_config.context,
+                             context_shells=config.context_shells)
                 if val_runs else None,
             )
         ddp.barrier(world)
