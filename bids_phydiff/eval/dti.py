@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..prep.gradients import B0_THRESHOLD
+from ..prep.tensor import tensor_fit
 
 __all__ = ["DtiMaps", "dti_agreement", "fit_dti", "principal_angle"]
 
@@ -29,24 +30,9 @@ class DtiMaps:
 
 
 def fit_dti(dwi, bvals, bvecs, mask, *, fit_method: str = "WLS", b0_threshold: float = B0_THRESHOLD) -> DtiMaps:
-    """Fit tensors to ``dwi`` ``(X, Y, Z, N)`` inside ``mask`` ``(X, Y, Z)``."""
-    from dipy.core.gradients import gradient_table
-    from dipy.reconst.dti import TensorModel
-
-    dwi = np.asarray(dwi, dtype=np.float64)
+    """Fit tensors to ``dwi`` ``(X, Y, Z, N)`` inside ``mask`` ``(X, Y, Z)`` (:func:`~..prep.tensor.tensor_fit`)."""
     mask = np.asarray(mask) > 0
-    bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
-    bvecs = np.asarray(bvecs, dtype=np.float64).reshape(-1, 3).copy()
-    if dwi.ndim != 4 or dwi.shape[3] != bvals.size or mask.shape != dwi.shape[:3]:
-        raise ValueError(f"need dwi (X, Y, Z, {bvals.size}) and a mask on its grid; got {dwi.shape}, {mask.shape}")
-    b0 = bvals <= b0_threshold
-    if not b0.any():
-        raise ValueError("a tensor fit needs at least one b0 volume")
-    if np.count_nonzero(~b0) < 6:
-        raise ValueError(f"a tensor fit needs at least 6 diffusion-weighted volumes, got {np.count_nonzero(~b0)}")
-    bvecs[b0] = 0.0
-    gtab = gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold)
-    fit = TensorModel(gtab, fit_method=fit_method).fit(np.clip(dwi, 0.0, None), mask=mask)
+    fit = tensor_fit(dwi, bvals, bvecs, mask, fit_method=fit_method, b0_threshold=b0_threshold)
     fa = np.nan_to_num(np.asarray(fit.fa, dtype=np.float64))
     md = np.nan_to_num(np.asarray(fit.md, dtype=np.float64))
     v1 = np.nan_to_num(np.asarray(fit.evecs, dtype=np.float64)[..., :, 0])

@@ -31,7 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .gradients import B0_THRESHOLD, unique_shells
+from .gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
+from .tensor import tensor_fit
 
 __all__ = ["CONTEXT_KINDS", "DIFFUSIVITY_SCALE", "SHELL_TOLERANCE", "SH_COEFFICIENTS", "SH_ORDER", "SH_SMOOTH",
            "TENSOR_COMPONENTS", "TensorMaps", "context_channels", "context_maps", "fit_sh", "fit_tensor", "shell_volumes"]
@@ -47,8 +48,6 @@ SH_COEFFICIENTS = 15
 SH_SMOOTH = 0.006
 """Laplace-Beltrami regularisation of the SH fit (dipy's Q-ball default); keeps the fit well posed with
 fewer than 15 directions on a shell."""
-SHELL_TOLERANCE = 100.0
-"""A volume belongs to a shell when its b-value is within this (s/mm^2) of the shell's."""
 
 
 def context_channels(kind: str, shells: int = 1) -> int:
@@ -117,19 +116,11 @@ def fit_tensor(dwi, bvals, bvecs, mask, *, shells: Sequence[float] | None = None
                b0_threshold: float = B0_THRESHOLD) -> TensorMaps:
     """The diffusion tensor and S0 of the b0 volumes plus the ``shells`` volumes (None = all), in the frame
     of ``bvecs``. ValueError for fewer than 6 diffusion-weighted volumes, no b0, or a missing shell."""
-    from dipy.core.gradients import gradient_table
-    from dipy.reconst.dti import TensorModel
-
     dwi, bvals, bvecs, mask = _check(dwi, bvals, bvecs, mask)
     weighted = np.concatenate(list(shell_volumes(bvals, shells, b0_threshold).values()))
-    if weighted.size < 6:
-        raise ValueError(f"a tensor fit needs at least 6 diffusion-weighted volumes, got {weighted.size}")
     keep = np.concatenate([_b0_index(bvals, b0_threshold), np.sort(weighted)])
-    vecs = bvecs[keep].copy()
-    vecs[bvals[keep] <= b0_threshold] = 0.0
-    gtab = gradient_table(bvals[keep], bvecs=vecs, b0_threshold=b0_threshold)
-    fit = TensorModel(gtab, fit_method=fit_method, return_S0_hat=True).fit(np.clip(dwi[..., keep], 0.0, None),
-                                                                           mask=mask)
+    fit = tensor_fit(dwi[..., keep], bvals[keep], bvecs[keep], mask, fit_method=fit_method,
+                     b0_threshold=b0_threshold, return_s0=True)
     lower = np.nan_to_num(np.asarray(fit.lower_triangular(), dtype=np.float64))
     s0 = np.nan_to_num(np.asarray(fit.S0_hat, dtype=np.float64))
     lower[~mask], s0[~mask] = 0.0, 0.0

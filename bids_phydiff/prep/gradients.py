@@ -60,7 +60,11 @@ class GradientTable:
         return GradientTable(self.bvals[index], self.bvecs[index])
 
 
-def unique_shells(bvals: np.ndarray, tolerance: float = 100.0) -> np.ndarray:
+SHELL_TOLERANCE = 100.0
+"""s/mm^2: b-values this close belong to one shell."""
+
+
+def unique_shells(bvals: np.ndarray, tolerance: float = SHELL_TOLERANCE) -> np.ndarray:
     """Group b-values that lie within ``tolerance`` of each other; return one rounded value per group."""
     values = np.sort(np.asarray(bvals, dtype=np.float64).reshape(-1))
     if values.size == 0:

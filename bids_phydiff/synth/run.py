@@ -135,8 +135,8 @@ def run_context(loaded: LoadedBundle, subject: SubjectData) -> np.ndarray | None
     lowest acquired shell of the run among those the bundle was trained to take its context from (bundle
     metadata ``context.shells``; any shell when it names none). A run without such a shell is an
     :class:`InputDataError` (exit 65) naming the run's DWI file."""
-    from ..prep.context import SHELL_TOLERANCE, context_maps
-    from ..prep.gradients import B0_THRESHOLD, unique_shells
+    from ..prep.context import context_maps
+    from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
     from ..train.context import context_shells_of
 
     kind = loaded.bundle.model.config.context

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..bids.prepared import PreparedRun
 from ..errors import InputDataError
-from ..prep.context import SHELL_TOLERANCE, context_maps
-from ..prep.gradients import B0_THRESHOLD, read_fsl, unique_shells
+from ..prep.context import context_maps
+from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, read_fsl, unique_shells
 
 LOGGER = logging.getLogger(__name__)
 
