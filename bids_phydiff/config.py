@@ -44,6 +44,10 @@ class TrainOptions:
     max_steps: int | None = None
     """steps of the backbone stage (the adapter stage has its own count in the training config)"""
     batch_size: int | None = None
+    context: str | None = None
+    """none/dti/sh4: overrides the training config's model.context (None: keep it)"""
+    context_shells: tuple[float, ...] | None = None
+    """s/mm^2: overrides the training config's context_shells (None: keep them)"""
     val_subjects: tuple[str, ...] | None = None
     """None: chosen from the seed (20% of subjects when there are at least 3)"""
     model_label: str = "default"

@@ -120,3 +120,7 @@ def test_level_options_take_the_config_defaults_unless_given(tiny_bids, tmp_path
                                      "--max-steps", "7", "--xtract-atlas", "none"]))
     assert group.synth == SynthOptions()
     assert (group.train.max_steps, group.train.use_xtract, group.train.model_label) == (7, False, "default")
+    assert (group.train.context, group.train.context_shells) == (None, None)
+    group = build_config(parse_args([str(tiny_bids), str(tmp_path / "out"), "group", "-w", str(tmp_path / "w"),
+                                     "--context", "sh4", "--context-shells", "1000,700"]))
+    assert (group.train.context, group.train.context_shells) == ("sh4", (1000.0, 700.0))

@@ -254,3 +254,54 @@ def test_torchrun_trains_on_two_processes(loop, tmp_path):
     assert info["world_size"] == 2 and info["metrics"]["steps"] == 4
     assert load_bundle(loop["out"] / "models" / "model-ddp").model.config.adapter is None
     assert list((loop["out"] / "logs").glob("group-*_rank-1.log"))  # each rank logs; only rank 0 saves
+
+
+def _keep_volumes(stem: Path, keep) -> None:
+    """Rewrite a prepared series ``<stem>.nii.gz/.bval/.bvec`` with the volumes ``keep`` only."""
+    from bids_phydiff.prep.gradients import GradientTable, write_fsl
+
+    img, table = nib.load(nii(stem)), read_fsl(f"{stem}.bval", f"{stem}.bvec")
+    data = np.asarray(img.dataobj)[..., keep]
+    nib.Nifti1Image(data, img.affine, img.header).to_filename(nii(stem))
+    write_fsl(GradientTable(table.bvals[keep], table.bvecs[keep]), f"{stem}.bval", f"{stem}.bvec")
+
+
+def test_a_context_bundle_synthesises_the_shells_a_run_was_not_scanned_with(loop, tmp_path):
+    """Q-space completion (issue 19) through ``run.py``: group with ``--context dti --context-shells 1000`` on the
+    three-shell subjects; participant synthesis of b = 2000 and 3000 for a run scanned at b = 1000 only
+    (validator-clean); with the acquired scheme, the metrics hold the tensor extrapolation of the context shell."""
+    (tmp_path / "train.yml").write_text("preset: tiny\nmax_steps: 4\nadapter_steps: 0\nbatch_size: 4\n"
+                                        "warmup_steps: 1\nval_every: 0\nval_samples: 4\ncheckpoint_every: 0\n")
+    common = loop["common"]
+    proc = app([common[0], loop["out"], "group", *common[3:], "--train-config", tmp_path / "train.yml",
+                "--model-label", "ctx", "--context", "dti", "--context-shells", "1000", "--xtract-atlas", "none",
+                "--val-subjects", "03"], loop["home"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bundle = loop["out"] / "models" / "model-ctx"
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["model"]["context"] == "dti" and config["metadata"]["context"] == {"kind": "dti", "shells": [1000.0]}
+
+    one_shell = tmp_path / "one-shell"
+    copy_prepared(loop, one_shell)
+    stem = one_shell / "sub-03" / "dwi" / f"sub-03_{SPACE}_desc-preproc_dwi"
+    bvals = read_fsl(f"{stem}.bval", f"{stem}.bvec").bvals
+    _keep_volumes(stem, np.flatnonzero(bvals < 1500))  # scanned with b0 and b = 1000 only
+    proc = synth(loop, one_shell, "--model", bundle, "--target-shells", "2000,3000", "--target-directions", "6",
+                 *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dti context from the b = 1000 shell" in proc.stderr
+    table = read_fsl(f"{_synth(one_shell)}.bval", f"{_synth(one_shell)}.bvec")
+    assert sorted(set(table.bvals[table.bvals > 50].tolist())) == [2000.0, 3000.0]
+    data = np.asarray(nib.load(nii(_synth(one_shell))).dataobj)
+    assert data.shape[3] == table.bvals.size and np.isfinite(data).all() and data.max() > 0
+    validate(one_shell)
+
+    acquired = tmp_path / "acquired"
+    proc = synth(loop, acquired, "--model", bundle, *FAST)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = Path(str(_synth(acquired)).replace("_dwi", "_shellmetrics") + ".tsv").read_text().splitlines()
+    per_method = {}
+    for line in rows[1:]:
+        per_method.setdefault(line.split("\t")[0], []).append(line.split("\t")[1])
+    assert set(per_method) == {"phydiff", "physics_baseline", "tensor_extrapolation"}
+    assert per_method["tensor_extrapolation"] == per_method["phydiff"]  # every shell, and all

@@ -17,6 +17,7 @@ import torch
 
 from bids_phydiff.eval import physics_baseline, series_metrics
 from bids_phydiff.eval.__main__ import main
+from bids_phydiff.eval.tensor_extrapolation import tensor_extrapolation
 from bids_phydiff.bids.prepared import find_prepared
 from bids_phydiff.model.bundle import load_bundle
 from bids_phydiff.model.config import PhyDiffConfig, preset
@@ -25,6 +26,7 @@ from bids_phydiff.synth.inputs import bundle_conditions
 from bids_phydiff.train.config import TrainConfig
 from bids_phydiff.train.normalise import Normaliser
 from bids_phydiff.phantom.prepared_runs import phantom_training_data
+from bids_phydiff.prep.gradients import read_fsl
 from bids_phydiff.train.run import train_bundle
 
 ALIGNED = dict(rotation_deg=0.0, translation_mm=0.0, deformation_mm=0.0, orientations=("RAS",))
@@ -182,3 +184,36 @@ def test_the_default_objective_keeps_old_bundle_configs_loading():
     assert PhyDiffConfig.from_dict(config).objective == "eps"
     with pytest.raises(ValueError, match="objective"):
         preset("tiny").replace(objective="score")
+
+
+def test_a_context_bundle_is_compared_with_the_tensor_extrapolation_of_its_context_shell(setup):
+    """A q-space completion bundle (context dti from b = 1000) gets the tensor extrapolation of that shell as
+    a method beside the physics baseline, equal to the baseline computed on the same arrays."""
+    root = setup["root"]
+    runs = find_prepared(setup["out"])
+    context = TRAIN.replace(model=preset("tiny").replace(adapter=None, context="dti"), max_steps=3,
+                            context_shells=(1000,))
+    bundle = train_bundle(runs[:2], [], load_bundle(setup["a"].bundle).grid, root / "models-ctx" / "model-c",
+                          root / "work-c", context, "cpu", None, metadata={"res_label": "06"}, progress=False).bundle
+    tables = root / "tables-ctx"
+    assert main([str(setup["out"]), "--model", f"c={bundle}", "--subjects", "03", "--sampler", "ddim", "--steps", "1",
+                 "--out", str(tables)]) == 0
+    rows = _rows(tables / "metrics_volumes.tsv")
+    assert {r["method"] for r in rows} == {"c", "physics_baseline", "tensor_extrapolation"}
+    run = runs[2]
+    mask = np.asarray(nib.load(str(run.mask)).dataobj) > 0
+    dwi = np.asarray(nib.load(str(run.dwi)).dataobj, dtype=np.float32)
+    table = read_fsl(run.bval, run.bvec)
+    keep = table.bvals < 1500
+    b0 = np.asarray(nib.load(str(run.b0ref)).dataobj, dtype=np.float32)
+    expected = series_metrics(tensor_extrapolation(dwi[..., keep], table.bvals[keep], table.bvecs[keep], mask,
+                                                   table.bvals, table.bvecs, shells=[1000.0]),
+                              dwi, table.bvals, mask, scale=Normaliser.from_b0(b0, mask).scale)
+    got = [r for r in rows if r["method"] == "tensor_extrapolation"]
+    assert [int(r["volume"]) for r in got] == [e["volume"] for e in expected]
+    for row, exp in zip(got, expected):
+        assert float(row["psnr"]) == pytest.approx(exp["psnr"], rel=1e-5)
+    at = {r["shell"]: float(r["psnr_mean"]) for r in _rows(tables / "metrics_shells.tsv")
+          if r["method"] == "tensor_extrapolation"}
+    assert at["1000"] > at["2000"]  # the fitted shell itself is reproduced best
+    assert "`tensor_extrapolation` = S0 exp(-b g^T D g)" in (tables / "evaluation.md").read_text()

@@ -205,6 +205,8 @@ def group_options(args: argparse.Namespace) -> TrainOptions:
         train_config=args.train_config or defaults.train_config,
         max_steps=args.max_steps,
         batch_size=args.batch_size,
+        context=args.context,
+        context_shells=args.context_shells,
         val_subjects=tuple(args.val_subjects) if args.val_subjects is not None else None,
         model_label=args.model_label or defaults.model_label,
         resume=bool(args.resume),

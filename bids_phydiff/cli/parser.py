@@ -292,6 +292,13 @@ TRAIN_OPTIONS: list[tuple[str, dict]] = [
                               "adds its own adapter_steps)")),
     ("--val-subjects", dict(dest="val_subjects", nargs="+", type=_label_list, metavar="LABEL",
                             help="held-out subjects for the validation loss (default: 20%% of subjects when >= 3)")),
+    ("--context", dict(dest="context", choices=["none", "dti", "sh4"],
+                       help="q-space completion: condition on maps fitted to an acquired shell, the diffusion tensor "
+                            "and S0 (dti) or order-4 spherical harmonics (sh4), besides the b0; overrides the "
+                            "training config's model.context (default: the config's, none for the presets)")),
+    ("--context-shells", dict(dest="context_shells", type=_shells, metavar="B,B,...",
+                              help="with a context: the acquired shells (s/mm^2) a sample may take its context from "
+                                   "(default: the training config's context_shells, else every acquired shell)")),
     ("--model-label", dict(dest="model_label", type=_label_list, help="write output_dir/models/model-<label> "
                                                                        "(default: default)")),
     ("--resume", dict(dest="resume", action="store_true", default=None,

@@ -84,7 +84,7 @@ def _check(args) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise UsageError(f"--model: method names must be unique, repeated {duplicates}")
-    reserved = {"physics_baseline", "acquired"} & set(names)
+    reserved = {"physics_baseline", "tensor_extrapolation", "acquired"} & set(names)
     if reserved:
         raise UsageError(f"--model: {sorted(reserved)} is reserved for a built-in method; choose another name")
     if args.steps < 1 or args.batch_size < 1 or args.compare_volumes < 1 or args.seed < 0:

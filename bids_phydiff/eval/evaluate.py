@@ -7,6 +7,9 @@ For every prepared run of the chosen subjects (:func:`bids_phydiff.bids.prepared
   (:func:`bids_phydiff.synth.inputs.bundle_conditions`) and the app's sampler (:func:`~bids_phydiff.synth.inputs.app_sampler`);
 - ``physics_baseline``: S0 * exp(-b ADC_atlas(b)) (:func:`.baseline.physics_baseline`) with the FIRST bundle's
   ADC atlas, in the brain mask;
+- ``tensor_extrapolation``, when a bundle has a context (q-space completion): S0 exp(-b g^T D g) of the
+  tensor fitted to the volumes the FIRST such bundle takes its context from
+  (:func:`.tensor_extrapolation.context_baseline`), which sees the subject's own fibre directions;
 - ``acquired`` (on request): the prepared DWI itself; against the acquired reference it is perfect (the
   sanity row: PSNR inf, SSIM 1, DTI errors 0), against the noise-free truth it is the noise floor.
 
@@ -41,10 +44,11 @@ from ..bids.prepared import find_prepared
 from ..errors import InputDataError, NoInputError
 from ..model.bundle import ADC_ATLAS_FILE, TRAIN_JSON
 from ..model.sampling import SamplerConfig
-from ..synth.run import LoadedBundle, load_bundle, load_subject, synthesise_acquired
+from ..synth.run import LoadedBundle, context_source, load_bundle, load_subject, synthesise_acquired
 from .baseline import physics_baseline
 from .compare import dti_rows, metric_rows, model_patch_grid, summarise
 from .dti import fit_dti
+from .tensor_extrapolation import TENSOR_BASELINE, context_baseline
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +150,7 @@ def evaluate(
                          res=first.bundle.metadata.get("res_label"))
     trained_on = _training_subjects(first.bundle.path)
     patches = {b.name: model_patch_grid(b.bundle) for b in loaded}
-    patches.update({BASELINE: patches[first.name], ACQUIRED: patches[first.name]})
+    patches.update({BASELINE: patches[first.name], TENSOR_BASELINE: patches[first.name], ACQUIRED: patches[first.name]})
     result = EvaluationResult(settings={
         "output_dir": str(output_dir),
         "bundles": {b.name: str(b.bundle.path) for b in loaded},
@@ -179,6 +183,9 @@ def evaluate(
         if with_baseline:
             methods[BASELINE] = physics_baseline(subject.b0, subject.bvals, first.conditions.adc_atlas,
                                                  first.conditions.shells, mask=subject.mask)
+            sources = [s for s in (context_source(b, subject) for b in loaded) if s is not None]
+            if sources:
+                methods[TENSOR_BASELINE] = context_baseline(sources[0], subject.mask, subject.bvals, subject.bvecs)
         if with_acquired:
             methods[ACQUIRED] = subject.dwi
         result.slices += figure_slices(run.prefix, methods, subject)

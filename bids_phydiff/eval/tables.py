@@ -29,6 +29,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .metrics import write_tsv
+from .tensor_extrapolation import TENSOR_BASELINE
 
 __all__ = ["PLOT_METRICS", "markdown_report", "markdown_table", "plot_dti", "plot_shells", "write_outputs"]
 
@@ -115,7 +116,9 @@ def markdown_report(result) -> str:
     lines = ["# Evaluation", "",
              f"- runs: {', '.join(Path(r).name for r in s.get('runs', []))}",
              f"- methods: {', '.join(f'`{k}` = {v}' for k, v in s.get('bundles', {}).items())}; "
-             f"`physics_baseline` = S0 exp(-b ADC) with the ADC atlas of the first bundle",
+             f"`physics_baseline` = S0 exp(-b ADC) with the ADC atlas of the first bundle"
+             + ("; `tensor_extrapolation` = S0 exp(-b g^T D g) of the tensor fitted to the context shell of the "
+                "first context bundle" if TENSOR_BASELINE in {r["method"] for r in result.shells} else ""),
              f"- sampler: {sampler.get('method')} "
              f"{sampler.get('steps') if sampler.get('method') == 'ddim' else 'all steps'}, start {sampler.get('start')} "
              f"(strength {sampler.get('strength')}), clamp x0 {sampler.get('clip_x0')}, seed {s.get('seed')}",

@@ -18,7 +18,10 @@ import numpy as np
 from ..prep.context import TensorMaps, fit_tensor
 from ..prep.gradients import B0_THRESHOLD
 
-__all__ = ["tensor_extrapolation", "tensor_signal"]
+__all__ = ["TENSOR_BASELINE", "context_baseline", "tensor_extrapolation", "tensor_signal"]
+
+TENSOR_BASELINE = "tensor_extrapolation"
+"""The baseline's method name in the metrics tables."""
 
 
 def tensor_signal(tensor: TensorMaps, bvals, bvecs, *, mask=None, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
@@ -55,3 +58,11 @@ def tensor_extrapolation(dwi, bvals, bvecs, mask, target_bvals, target_bvecs, *,
     (s/mm^2; None = every acquired shell), inside ``mask``."""
     tensor = fit_tensor(dwi, bvals, bvecs, mask, shells=shells, b0_threshold=b0_threshold)
     return tensor_signal(tensor, target_bvals, target_bvecs, mask=mask, b0_threshold=b0_threshold)
+
+
+def context_baseline(source, mask, target_bvals, target_bvecs) -> np.ndarray:
+    """The baseline a context model is measured against: :func:`tensor_extrapolation` from exactly the
+    volumes the model took its context from (a :class:`bids_phydiff.synth.run.ContextSource`: the run's
+    b0 volumes and one acquired shell), for the targets ``(N,)`` / ``(N, 3)``; ``(X, Y, Z, N)`` float32."""
+    return tensor_extrapolation(source.dwi, source.bvals, source.bvecs, mask, target_bvals, target_bvecs,
+                                shells=[source.bval])

@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LoadedBundle", "SubjectData", "load_bundle", "load_subject", "model_evaluations", "run_context",
-           "synthesise_acquired", "synthesise_run"]
+__all__ = ["ContextSource", "LoadedBundle", "SubjectData", "context_source", "load_bundle", "load_subject",
+           "model_evaluations", "run_context", "synthesise_acquired", "synthesise_run"]
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,22 @@ def synthesise_run(loaded: LoadedBundle, subject: SubjectData, scheme: TargetSch
     return result, time.perf_counter() - start
 
 
-def run_context(loaded: LoadedBundle, subject: SubjectData) -> np.ndarray | None:
-    """The context maps ``(X, Y, Z, C)`` the bundle's model needs (None for the b0-only model), from the
-    lowest acquired shell of the run among those the bundle was trained to take its context from (bundle
-    metadata ``context.shells``; any shell when it names none). A run without such a shell is an
+@dataclass(frozen=True)
+class ContextSource:
+    """The acquired volumes a context is fitted from: the b0 volumes and one shell (``bval``, s/mm^2) of a
+    run; ``dwi`` ``(X, Y, Z, M)`` signal units with its ``bvals`` ``(M,)`` and ``bvecs`` ``(M, 3)``."""
+
+    bval: float
+    dwi: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+
+
+def context_source(loaded: LoadedBundle, subject: SubjectData) -> ContextSource | None:
+    """What the bundle's model takes its context from in this run (None for the b0-only model): the
+    lowest acquired shell among those the bundle was trained to take its context from (bundle metadata
+    ``context.shells``; any shell when it names none). A run without such a shell is an
     :class:`InputDataError` (exit 65) naming the run's DWI file."""
-    from ..prep.context import context_maps
     from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
     from ..train.context import context_shells_of
 
@@ -158,12 +168,24 @@ def run_context(loaded: LoadedBundle, subject: SubjectData) -> np.ndarray | None
             raise InputDataError(f"{subject.run.dwi}: expected a 4-D series of {subject.bvals.size} volumes on the "
                                  f"grid {subject.b0.shape}, got shape {img.shape}")
         dwi = np.stack([np.asarray(img.dataobj[..., i], dtype=np.float32) for i in keep], axis=-1)
+    return ContextSource(float(shells[0]), dwi, subject.bvals[keep], subject.bvecs[keep])
+
+
+def run_context(loaded: LoadedBundle, subject: SubjectData) -> np.ndarray | None:
+    """The context maps ``(X, Y, Z, C)`` the bundle's model needs (None for the b0-only model), fitted to
+    :func:`context_source`'s volumes (same errors)."""
+    from ..prep.context import context_maps
+
+    source = context_source(loaded, subject)
+    if source is None:
+        return None
+    kind = loaded.bundle.model.config.context
     try:
-        maps = context_maps(kind, dwi, subject.bvals[keep], subject.bvecs[keep], subject.mask, shells=[shells[0]],
+        maps = context_maps(kind, source.dwi, source.bvals, source.bvecs, subject.mask, shells=[source.bval],
                             scale=subject.scale)
     except ValueError as error:
         raise InputDataError(f"{subject.run.dwi}: cannot fit the {kind!r} context ({error})") from None
-    log.info("%s context from the b = %g shell of %s", kind, shells[0], subject.run.dwi)
+    log.info("%s context from the b = %g shell of %s", kind, source.bval, subject.run.dwi)
     return maps
 
 

@@ -110,6 +110,10 @@ def run_group(config: RunConfig) -> Path | None:
         changes["max_steps"] = opts.max_steps
     if opts.batch_size is not None:
         changes["batch_size"] = opts.batch_size
+    if opts.context is not None:
+        changes["model"] = train_config.model_config().replace(context=opts.context)
+    if opts.context_shells is not None:
+        changes["context_shells"] = opts.context_shells
     train_config = train_config.replace(**changes)
 
     atlas_path = find_tract_atlas(opts.xtract_atlas, opts.use_xtract, config.template, templateflow_home())

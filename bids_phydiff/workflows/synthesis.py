@@ -95,16 +95,22 @@ def synthetic_sidecar(prepared: PreparedRun, loaded: LoadedBundle, sampler: Samp
     }
 
 
-def metrics_against_acquired(subject, scheme, mean, conditions, patches) -> tuple[list[dict], list[dict]]:
+def metrics_against_acquired(subject, scheme, mean, conditions, patches, context=None) -> tuple[list[dict], list[dict]]:
     """Per-volume rows and per-shell summaries of the synthesis and the physics baseline S0 exp(-b ADC)
     against the acquired data, masked, in signal units; seams on the model's patch grid ``patches``
-    (:func:`bids_phydiff.eval.compare.model_patch_grid`, for both methods)."""
+    (:func:`bids_phydiff.eval.compare.model_patch_grid`, for every method). With the ``context``
+    (:class:`bids_phydiff.synth.run.ContextSource`) of a context model, also the tensor extrapolation
+    from the same volumes (:func:`bids_phydiff.eval.tensor_extrapolation.context_baseline`)."""
     from ..eval.baseline import physics_baseline
     from ..eval.compare import metric_rows, summarise
+    from ..eval.tensor_extrapolation import TENSOR_BASELINE, context_baseline
 
-    baseline = physics_baseline(subject.b0, scheme.bvals, conditions.adc_atlas, conditions.shells, mask=subject.mask)
-    rows = metric_rows({METHOD: mean, BASELINE: baseline}, subject.dwi, scheme.bvals, subject.mask, subject.scale,
-                       patches=patches)
+    methods = {METHOD: mean,
+               BASELINE: physics_baseline(subject.b0, scheme.bvals, conditions.adc_atlas, conditions.shells,
+                                          mask=subject.mask)}
+    if context is not None:
+        methods[TENSOR_BASELINE] = context_baseline(context, subject.mask, scheme.bvals, scheme.bvecs)
+    rows = metric_rows(methods, subject.dwi, scheme.bvals, subject.mask, subject.scale, patches=patches)
     return rows, summarise(rows, keys=("method",))
 
 
@@ -114,7 +120,7 @@ def synthesise_one(run: CheckedRun, prepared: PreparedRun, loaded: LoadedBundle,
     the log need: ``run``, ``outputs`` (name -> path), ``summary`` (per-shell metrics rows), ``seconds``."""
     import numpy as np
 
-    from ..synth.run import load_subject, synthesise_run
+    from ..synth.run import context_source, load_subject, synthesise_run
 
     opts, out = config.synth, config.output_dir
     scheme = target_scheme(opts, prepared, config.seed, config.b0_threshold)
@@ -135,7 +141,7 @@ def synthesise_one(run: CheckedRun, prepared: PreparedRun, loaded: LoadedBundle,
         from ..eval.compare import model_patch_grid
 
         rows, summary = metrics_against_acquired(subject, scheme, result.mean, loaded.conditions,
-                                                 model_patch_grid(loaded.bundle))
+                                                 model_patch_grid(loaded.bundle), context_source(loaded, subject))
         outputs["metrics"] = write_metrics(rows, summary, paths)
         outputs["shell_metrics"] = paths.shell_metrics
     if opts.output_space == "native":
