@@ -16,9 +16,10 @@ import numpy as np
 
 from .dti import dti_agreement
 from .fidelity import PatchGrid, seam_score, sharpness_score
+from .kurtosis import kurtosis_agreement, shell_angles
 from .metrics import series_metrics, summarise_by_shell
 
-__all__ = ["dti_rows", "metric_rows", "model_patch_grid", "summarise"]
+__all__ = ["dti_rows", "metric_rows", "model_patch_grid", "qspace_rows", "summarise"]
 
 
 def model_patch_grid(bundle) -> PatchGrid:
@@ -54,6 +55,15 @@ def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bv
     ``reference`` in ``wm``."""
     return [{**(labels or {}), "method": name, **dti_agreement(series, reference, bvals, bvecs, wm)}
             for name, series in methods.items()]
+
+
+def qspace_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, region,
+                labels: Mapping | None = None) -> list[dict]:
+    """One row per method: ``labels``, ``method``, the mean kurtosis (:func:`.kurtosis.kurtosis_agreement`)
+    and the per-shell direction angles (:func:`.kurtosis.shell_angles`) of its series against ``reference``
+    in ``region``; for a multi-shell scheme."""
+    return [{**(labels or {}), "method": name, **kurtosis_agreement(series, reference, bvals, bvecs, region),
+             **shell_angles(series, reference, bvals, bvecs, region)} for name, series in methods.items()]
 
 
 def summarise(volume_rows: Sequence[Mapping], keys: Sequence[str] = ("reference", "method")) -> list[dict]:

@@ -27,7 +27,9 @@ full series (b0 copies included) against the reference's, in white matter, one r
 ``fa>0.3`` = FA > 0.3 of the noise-free truth's fit (with ``truth_dir``) or of the acquired data's inside the
 brain mask, the fibres whose orientation synthesis must keep; with ``truth_dir`` also ``wm-label`` = the
 template truth's white-matter label in the mask, which in the phantom is mostly isotropic (in a 4 mm subject
-82% of it has truth FA below 0.1), so there an isotropic prediction scores well by construction.
+82% of it has truth FA below 0.1), so there an isotropic prediction scores well by construction. For a
+multi-shell run, per region also the mean kurtosis of the whole series and the fibre directions of each
+shell's tensor (:mod:`.kurtosis`): what q-space completion must reproduce beyond a tensor.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from ..model.bundle import ADC_ATLAS_FILE, TRAIN_JSON
 from ..model.sampling import SamplerConfig
 from ..synth.run import LoadedBundle, context_source, load_bundle, load_subject, synthesise_acquired
 from .baseline import physics_baseline
-from .compare import dti_rows, metric_rows, model_patch_grid, summarise
+from .compare import dti_rows, metric_rows, model_patch_grid, qspace_rows, summarise
 from .dti import fit_dti
+from .kurtosis import kurtosis_fittable
 from .tensor_extrapolation import TENSOR_BASELINE, context_baseline
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,8 @@ class EvaluationResult:
     """Rows as written to the tables (see :mod:`.tables`), the settings, and timings.
 
     ``volumes``: one row per (subject, reference, method, volume); ``shells``: per (reference, method, shell);
-    ``dti``: per (subject, reference, method); ``samplers``: the sampler comparison (or empty);
+    ``dti``: per (subject, reference, method); ``qspace``: per (subject, reference, region, method) the mean
+    kurtosis and per-shell fibre directions, for multi-shell runs; ``samplers``: the sampler comparison (or empty);
     ``timings``: per (subject, method) synthesis seconds; ``slices``: per (run, shell) the middle brain slice
     ``(X, Y)`` of the shell's first volume of every method and of the acquired data (``images``), for the
     figures."""
@@ -87,6 +91,7 @@ class EvaluationResult:
     volumes: list[dict] = field(default_factory=list)
     shells: list[dict] = field(default_factory=list)
     dti: list[dict] = field(default_factory=list)
+    qspace: list[dict] = field(default_factory=list)
     samplers: list[dict] = field(default_factory=list)
     timings: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
@@ -199,6 +204,7 @@ def evaluate(
         for region, wm in regions.items():
             if not wm.any():
                 raise InputDataError(f"{run.dwi}: the white-matter mask ({region}) is empty; cannot compare tensors")
+        multi_shell = kurtosis_fittable(subject.bvals)
         for ref_name, reference in references.items():
             labels = {"subject": run.subject, "run": run.prefix, "reference": ref_name}
             result.volumes += metric_rows(methods, reference, subject.bvals, subject.mask, subject.scale, labels,
@@ -206,6 +212,9 @@ def evaluate(
             for region, wm in regions.items():
                 result.dti += dti_rows(methods, reference, subject.bvals, subject.bvecs, wm,
                                        {**labels, "region": region})
+                if multi_shell:
+                    result.qspace += qspace_rows(methods, reference, subject.bvals, subject.bvecs, wm,
+                                                 {**labels, "region": region})
         if compare_samplers:
             from .samplers import compare_samplers as run_comparison
 
@@ -218,8 +227,7 @@ def evaluate(
 def figure_slices(run: str, methods: Mapping[str, np.ndarray], subject) -> list[dict]:
     """Per shell of the run: ``run``, ``shell``, ``volume`` (the shell's first), ``z`` (the middle brain
     slice), ``images`` (``acquired`` and every method, ``(X, Y)``) and ``mask`` (``(X, Y)``)."""
-    from ..prep.gradients import B0_THRESHOLD, unique_shells
-
+    
     mask = subject.mask
     z = int(np.median(np.nonzero(mask.any(axis=(0, 1)))[0])) if mask.any() else mask.shape[2] // 2
     out = []

@@ -93,6 +93,19 @@ def dti_table(dti: Sequence[Mapping], reference: str) -> str:
     return markdown_table(header, rows)
 
 
+def qspace_table(qspace: Sequence[Mapping], reference: str) -> str:
+    """Markdown: one row per run x region x method against ``reference``: mean kurtosis and the median
+    angle of each shell's fibre directions."""
+    rows = [r for r in qspace if r["reference"] == reference]
+    shells = list(dict.fromkeys(k for r in rows for k in r if k.startswith("angle_median_b")))
+    header = ["run", "region", "method", "MK", "MK reference", "MK MAE", "MK bias",
+              *[f"angle median ° b={k.removeprefix('angle_median_b')}" for k in shells], "voxels"]
+    return markdown_table(header, [
+        [r.get("run", r["subject"]), r["region"], r["method"], _num(r["mk_prediction"], 3), _num(r["mk_reference"], 3),
+         _num(r["mk_mae"], 3), _num(r["mk_bias"], 3), *[_num(r.get(k), 1) for k in shells], r["voxels"]]
+        for r in rows])
+
+
 def sampler_table(samplers: Sequence[Mapping]) -> str:
     header = ["subject", "reference", "model", "sampler", "evals", "vols x slices", "s / slice", "s / volume",
               "speed-up", "SSIM %", "Δ SSIM points", "PSNR dB", "paper SSIM %"]
@@ -135,6 +148,12 @@ def markdown_report(result) -> str:
                   "blurred; noise does not raise it); paper protocol = per-slice min-max to [0, 255], no mask.", "",
                   shell_table(result.shells, ref), ""]
         lines += [f"## DTI in white matter, reference: {what}", "", dti_table(result.dti, ref), ""]
+        if any(r["reference"] == ref for r in getattr(result, "qspace", ())):
+            lines += [f"## Q-space: mean kurtosis and each shell's fibre directions, reference: {what}", "",
+                      "MK: dipy's kurtosis fit of the whole series (0 for a Gaussian signal such as an "
+                      "extrapolated tensor), clipped to [0, 3]; angles: principal directions of the tensors of "
+                      "the b0 volumes and one shell, method against reference.", "",
+                      qspace_table(result.qspace, ref), ""]
     if getattr(result, "slices", None):
         lines += ["## Figures", "", "The middle brain slice of the first volume of each shell: acquired, "
                   "synthetic, |error| (acquired and synthetic share the acquired image's grey window).", ""]
@@ -240,6 +259,8 @@ def write_outputs(result, out_dir: str | Path) -> dict[str, Path]:
         "shells": write_tsv(result.shells, out_dir / "metrics_shells.tsv"),
         "dti": write_tsv(result.dti, out_dir / "dti.tsv"),
     }
+    if getattr(result, "qspace", None):
+        written["qspace"] = write_tsv(result.qspace, out_dir / "qspace.tsv")
     if result.samplers:
         written["samplers"] = write_tsv(result.samplers, out_dir / "samplers.tsv")
     if result.timings:

@@ -1,0 +1,86 @@
+"""What q-space completion must get right beyond the images: the non-Gaussian signal and the fibre directions
+at each synthesised shell.
+
+* Mean kurtosis (MK, dimensionless): dipy's diffusion kurtosis fit (``DiffusionKurtosisModel``, WLS) of the
+  whole multi-shell series, b0 volumes included. It measures how far the decay with b departs from a
+  mono-exponential; a Gaussian signal (a tensor, extrapolated or not) has MK 0. Clipped to [0, 3], dipy's
+  usual range for tissue.
+* Per-shell fibre directions: the tensor of the b0 volumes plus one shell (:func:`.dti.fit_dti`), its
+  principal direction against the reference's from the same volumes, in degrees in [0, 90].
+
+b in s/mm^2, b-vectors in the FSL convention of the image the series sits on (both series share them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
+from .dti import fit_dti, principal_angle
+
+__all__ = ["MK_RANGE", "kurtosis_agreement", "kurtosis_fittable", "mean_kurtosis", "shell_angles"]
+
+MK_RANGE = (0.0, 3.0)
+DKI_PARAMETERS = 22
+"""Unknowns of dipy's kurtosis fit per voxel: 6 tensor + 15 kurtosis components + S0."""
+
+
+def kurtosis_fittable(bvals, *, b0_threshold: float = B0_THRESHOLD) -> bool:
+    """Whether a scheme (b in s/mm^2) can have its kurtosis fitted: a b0 volume, two diffusion-weighted
+    shells and at least as many volumes as the fit has unknowns."""
+    bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
+    b0 = bvals <= b0_threshold
+    return bool(b0.any()) and unique_shells(bvals[~b0]).size >= 2 and bvals.size >= DKI_PARAMETERS
+
+
+def mean_kurtosis(dwi, bvals, bvecs, mask, *, b0_threshold: float = B0_THRESHOLD) -> np.ndarray:
+    """``(X, Y, Z)`` mean kurtosis of ``dwi`` ``(X, Y, Z, N)`` inside ``mask`` (0 outside). ValueError
+    unless :func:`kurtosis_fittable`."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dki import DiffusionKurtosisModel
+
+    bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
+    bvecs = np.asarray(bvecs, dtype=np.float64).reshape(-1, 3).copy()
+    mask = np.asarray(mask) > 0
+    b0 = bvals <= b0_threshold
+    if not kurtosis_fittable(bvals, b0_threshold=b0_threshold):
+        raise ValueError(f"a kurtosis fit needs a b0 volume, two diffusion-weighted shells and {DKI_PARAMETERS} "
+                         f"volumes; got {bvals.size} with b = {sorted(set(np.round(bvals).tolist()))}")
+    bvecs[b0] = 0.0
+    model = DiffusionKurtosisModel(gradient_table(bvals, bvecs=bvecs, b0_threshold=b0_threshold), fit_method="WLS")
+    fit = model.fit(np.clip(np.asarray(dwi, dtype=np.float64), 0.0, None), mask=mask)
+    mk = np.nan_to_num(np.asarray(fit.mk(min_kurtosis=MK_RANGE[0], max_kurtosis=MK_RANGE[1]), dtype=np.float64))
+    mk[~mask] = 0.0
+    return mk
+
+
+def kurtosis_agreement(prediction, reference, bvals, bvecs, region, *, b0_threshold: float = B0_THRESHOLD
+                       ) -> dict[str, float]:
+    """MK of two ``(X, Y, Z, N)`` series with one gradient table inside ``region``: ``mk_mae``, ``mk_bias``
+    (prediction - reference), ``mk_prediction`` and ``mk_reference`` (means) and ``voxels``."""
+    region = np.asarray(region) > 0
+    if not region.any():
+        raise ValueError("the region for the kurtosis comparison is empty")
+    pred = mean_kurtosis(prediction, bvals, bvecs, region, b0_threshold=b0_threshold)[region]
+    ref = mean_kurtosis(reference, bvals, bvecs, region, b0_threshold=b0_threshold)[region]
+    return {"mk_mae": float(np.mean(np.abs(pred - ref))), "mk_bias": float(np.mean(pred - ref)),
+            "mk_prediction": float(np.mean(pred)), "mk_reference": float(np.mean(ref)), "voxels": int(region.sum())}
+
+
+def shell_angles(prediction, reference, bvals, bvecs, region, *, b0_threshold: float = B0_THRESHOLD
+                 ) -> dict[str, float]:
+    """Per diffusion-weighted shell B (with at least 6 volumes) ``angle_median_b<B>``: the median angle in
+    ``region`` between the principal directions of the two series' tensors from the b0 volumes and that
+    shell."""
+    bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
+    region = np.asarray(region) > 0
+    b0 = bvals <= b0_threshold
+    out = {}
+    for shell in unique_shells(bvals[~b0]):
+        keep = b0 | (np.abs(bvals - shell) <= SHELL_TOLERANCE)
+        if np.count_nonzero(keep & ~b0) < 6:
+            continue
+        pred, ref = (fit_dti(np.asarray(s)[..., keep], bvals[keep], np.asarray(bvecs)[keep], region,
+                             b0_threshold=b0_threshold) for s in (prediction, reference))
+        out[f"angle_median_b{shell:g}"] = float(np.median(principal_angle(pred.v1[region], ref.v1[region])))
+    return out
