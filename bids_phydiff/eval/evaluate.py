@@ -46,6 +46,7 @@ from ..bids.prepared import find_prepared
 from ..errors import InputDataError, NoInputError
 from ..model.bundle import ADC_ATLAS_FILE, TRAIN_JSON
 from ..model.sampling import SamplerConfig
+from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
 from ..synth.run import LoadedBundle, context_source, load_bundle, load_subject, synthesise_acquired
 from .baseline import physics_baseline
 from .compare import dti_rows, metric_rows, model_patch_grid, qspace_rows, summarise
@@ -227,12 +228,11 @@ def evaluate(
 def figure_slices(run: str, methods: Mapping[str, np.ndarray], subject) -> list[dict]:
     """Per shell of the run: ``run``, ``shell``, ``volume`` (the shell's first), ``z`` (the middle brain
     slice), ``images`` (``acquired`` and every method, ``(X, Y)``) and ``mask`` (``(X, Y)``)."""
-    
     mask = subject.mask
     z = int(np.median(np.nonzero(mask.any(axis=(0, 1)))[0])) if mask.any() else mask.shape[2] // 2
     out = []
     for shell in unique_shells(subject.bvals[subject.bvals > B0_THRESHOLD]):
-        n = int(np.flatnonzero(np.abs(subject.bvals - shell) <= 100.0)[0])
+        n = int(np.flatnonzero(np.abs(subject.bvals - shell) <= SHELL_TOLERANCE)[0])
         images = {ACQUIRED: subject.dwi[:, :, z, n], **{m: s[:, :, z, n] for m, s in methods.items() if m != ACQUIRED}}
         out.append({"run": run, "shell": float(shell), "volume": n, "z": z,
                     "images": {k: np.asarray(v, dtype=np.float32) for k, v in images.items()}, "mask": mask[:, :, z]})
