@@ -69,7 +69,7 @@ def test_each_sample_carries_the_context_of_one_acquired_shell(trained):
 def test_the_bundle_records_its_context_and_synthesis_builds_it_from_the_run(trained):
     root, runs, grid, out, result = trained
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["context"] == "dti" and config["model"]["backbone"]["in_channels"] == 9
+    assert config["model"]["context"] == "dti" and config["model"]["backbone"]["in_channels"] == 11
     assert config["metadata"]["context"] == {"kind": "dti", "shells": [1000.0, 2000.0, 3000.0]}
     loaded = load_bundle(out)
     subject = load_subject(runs[1], with_dwi=False)

@@ -1,5 +1,6 @@
 """The model's context switch (issue 19): ``context: none`` is today's b0-only model, bit for bit; ``dti`` and
-``sh4`` add the context maps as input channels beside the b0."""
+``sh4`` add the context maps as input channels beside the b0; ``dti`` also the tensor's own prediction for the
+target gradient, which is the classical tensor extrapolation."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import pytest
 import torch
 
 from bids_phydiff.model import GridSpec, PhyDiff, PhyDiffConfig, load_bundle, preset, save_bundle
-from bids_phydiff.model.config import BASE_CHANNELS, CONTEXT_CHANNELS
+import numpy as np
+
+from bids_phydiff.eval.tensor_extrapolation import tensor_signal
+from bids_phydiff.model.config import BASE_CHANNELS, CONTEXT_CHANNELS, DERIVED_CONTEXT_CHANNELS, DIFFUSIVITY_SCALE
+from bids_phydiff.model.context import tensor_projection
 from bids_phydiff.model.sampling import SamplerConfig
-from bids_phydiff.prep.context import CONTEXT_KINDS, context_channels
+from bids_phydiff.prep import context as prep_context
+from bids_phydiff.prep.context import CONTEXT_KINDS, TensorMaps, context_channels
 
 from test_model_phydiff import _randomise, phantom_batch
 
@@ -38,6 +44,29 @@ def _inputs(seed: int = 0):
 def test_the_model_channel_counts_are_the_layout_of_the_context_maps():
     assert tuple(CONTEXT_CHANNELS) == CONTEXT_KINDS
     assert all(CONTEXT_CHANNELS[k] == context_channels(k) for k in CONTEXT_KINDS)
+    assert DIFFUSIVITY_SCALE == prep_context.DIFFUSIVITY_SCALE and tuple(DERIVED_CONTEXT_CHANNELS) == CONTEXT_KINDS
+
+
+def test_the_dti_projection_is_the_tensor_extrapolation_in_normalised_units():
+    """What the model derives from dti maps for a target (b, g) is the tensor's signal S0 exp(-b g^T D g),
+    the baseline of eval/tensor_extrapolation.py, mapped like an image (2 S / scale - 1), and g^T D g."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4, 5, 1, 3, 3)) * 0.02
+    tensors = (a @ np.swapaxes(a, -1, -2) + np.eye(3) * 0.3e-3).reshape(4, 5, 1, 3, 3)  # mm^2/s, positive
+    lower = tensors[..., [0, 1, 1, 0, 1, 2], [0, 0, 1, 2, 2, 2]]  # Dxx, Dxy, Dyy, Dxz, Dyz, Dzz
+    scale = 900.0
+    s0 = rng.uniform(200, 900, size=(4, 5, 1))
+    bvals = np.array([0.0, 1000.0, 3000.0])
+    bvecs = np.array([[0.0, 0.0, 0.0], [0.6, 0.0, 0.8], [-1.0, 2.0, 2.0]])
+    expected = tensor_signal(TensorMaps(lower, s0), bvals, bvecs)[:, :, 0]  # (4, 5, 3) signal units
+    maps = np.concatenate([lower * DIFFUSIVITY_SCALE, s0[..., None] / scale], axis=-1)[:, :, 0]  # (4, 5, 7)
+    maps = torch.from_numpy(np.repeat(maps.transpose(2, 0, 1)[None], 3, axis=0)).double()  # (3, 7, 4, 5)
+    out = tensor_projection(maps, torch.from_numpy(bvals), torch.from_numpy(bvecs)).numpy()
+    np.testing.assert_allclose(out[:, 1], (2 * expected / scale - 1).transpose(2, 0, 1), rtol=1e-5, atol=1e-6)
+    g = bvecs[2] / 3.0
+    np.testing.assert_allclose(out[2, 0], np.einsum("i,xyij,j->xy", g, tensors[:, :, 0], g) * DIFFUSIVITY_SCALE,
+                               rtol=1e-6)
+    assert np.all(out[0, 0] == 0) and np.allclose(out[0, 1], 2 * s0[:, :, 0] / scale - 1)  # b0: no direction, S0
 
 
 def test_context_none_is_the_b0_only_model_bit_for_bit():
@@ -68,7 +97,7 @@ def test_context_none_is_the_b0_only_model_bit_for_bit():
 def test_a_context_model_takes_the_maps_as_input_channels(kind):
     channels = CONTEXT_CHANNELS[kind]
     config = preset("tiny").replace(context=kind)
-    assert config.backbone.in_channels == BASE_CHANNELS + channels
+    assert config.backbone.in_channels == BASE_CHANNELS + channels + DERIVED_CONTEXT_CHANNELS[kind]
     assert PhyDiffConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     model = _model(config)
     b, x_t, t = _inputs()

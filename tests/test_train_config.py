@@ -104,7 +104,7 @@ def test_shipped_variant_configs_load_and_switch_what_they_ablate():
         assert cfg.model_config() == expected[name], name
         assert (cfg.max_steps, cfg.batch_size, cfg.lr) == (loaded["phydiff"].max_steps, 16, 5e-4), name
     context = loaded["phydiff-context"]
-    assert context.model_config().context == "dti" and context.model_config().backbone.in_channels == 9
+    assert context.model_config().context == "dti" and context.model_config().backbone.in_channels == 11
     assert context.context_shells == (1000.0,)
     assert all(cfg.context_shells is None for name, cfg in loaded.items() if name != "phydiff-context")
 

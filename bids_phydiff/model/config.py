@@ -242,8 +242,13 @@ OBJECTIVES = DIFFUSION_OBJECTIVES + ("regression",)
 BASE_CHANNELS = 2
 """Input channels of the backbone without a context: x_t and the b0 slice."""
 CONTEXT_CHANNELS = {"none": 0, "dti": 7, "sh4": 15}
-"""Extra input channels per context kind (the map layout of :mod:`bids_phydiff.prep.context`: dti = 6 tensor
+"""Context map channels per kind (the map layout of :mod:`bids_phydiff.prep.context`: dti = 6 tensor
 components + S0, sh4 = 15 SH coefficients of one shell)."""
+DERIVED_CONTEXT_CHANNELS = {"none": 0, "dti": 2, "sh4": 0}
+"""Channels the model derives from the maps for each sample's target gradient (:mod:`.context`: for dti the
+diffusivity along g and the tensor's signal)."""
+DIFFUSIVITY_SCALE = 1e3
+"""The dti maps' tensor unit: D in mm^2/s times this (um^2/ms), as :mod:`bids_phydiff.prep.context` writes."""
 
 
 @dataclass(frozen=True)
@@ -274,8 +279,10 @@ class PhyDiffConfig(JsonConfig):
     ``context`` (``"none"`` for a config without the key: the paper's b0-only model): per-voxel maps fitted
     from the run's own acquired shell (``"dti"``: tensor + S0, 7 channels; ``"sh4"``: order-4 SH coefficients,
     15 channels; see :mod:`bids_phydiff.prep.context`) enter the backbone as extra input channels after x_t
-    and the b0 (q-space completion, issue 19). ``backbone.in_channels`` is then
-    :data:`BASE_CHANNELS` + :data:`CONTEXT_CHANNELS`; a config that leaves it at 2 gets it filled in.
+    and the b0 (q-space completion, issue 19), for dti with 2 channels derived for the target gradient (the
+    tensor's diffusivity along it and its signal, :mod:`.context`). ``backbone.in_channels`` is then
+    :data:`BASE_CHANNELS` + :data:`CONTEXT_CHANNELS` + :data:`DERIVED_CONTEXT_CHANNELS`; a config that leaves
+    it at 2 gets it filled in.
     """
 
     backbone: HDiTConfig
@@ -289,12 +296,13 @@ class PhyDiffConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_CHANNELS:
             raise ValueError(f"context must be one of {list(CONTEXT_CHANNELS)}, got {self.context!r}")
-        channels = BASE_CHANNELS + CONTEXT_CHANNELS[self.context]
+        channels = BASE_CHANNELS + CONTEXT_CHANNELS[self.context] + DERIVED_CONTEXT_CHANNELS[self.context]
         if self.backbone.in_channels == BASE_CHANNELS and channels != BASE_CHANNELS:
             object.__setattr__(self, "backbone", dataclasses.replace(self.backbone, in_channels=channels))
         elif self.backbone.in_channels != channels:
             raise ValueError(f"backbone.in_channels {self.backbone.in_channels} does not fit context "
-                             f"{self.context!r}: x_t and b0 ({BASE_CHANNELS}) + {CONTEXT_CHANNELS[self.context]}")
+                             f"{self.context!r}: x_t and b0 ({BASE_CHANNELS}) + {CONTEXT_CHANNELS[self.context]} "
+                             f"maps + {DERIVED_CONTEXT_CHANNELS[self.context]} derived = {channels}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.x0_skip and self.objective != "x0":

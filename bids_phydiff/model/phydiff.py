@@ -9,7 +9,8 @@ Conditions per sample: b-value (s/mm^2), unit b-vector (FSL convention of the te
 position in [0, 1], and for the physics term the ADC-atlas slice for that b-value (mm^2/s, see
 :func:`~.schedule.interpolate_adc`); optionally the tract condition (B, 42, H, W). A model with a context
 (``config.context`` ``"dti"`` or ``"sh4"``) also takes the context maps (B, C, H, W) of the run's acquired
-shell (:mod:`bids_phydiff.prep.context`, 0 outside the brain), concatenated after x_t and the b0.
+shell (:mod:`bids_phydiff.prep.context`, 0 outside the brain), concatenated after x_t and the b0, with the
+channels the model derives from them for the target gradient (:mod:`.context`).
 
 With ``config.objective == "regression"`` the same network is a deterministic regressor instead: its
 input is x_t = 0 at t = 0 (the b0 is the other channel), its output is read as the target slice, the loss
@@ -33,7 +34,8 @@ from torch import Tensor, nn
 
 from .adapter import XtractAdapter
 from .conditioning import ConditionEmbedding
-from .config import CONTEXT_CHANNELS, PhyDiffConfig, preset
+from .config import PhyDiffConfig, preset
+from .context import context_inputs
 from .device import autocast
 from .hdit import HDiT
 from .sampling import SamplerConfig, make_generator
@@ -150,22 +152,8 @@ class PhyDiff(nn.Module):
         cond = self.conditioning(t, bval, bvec, slice_pos)
         if adapter_features is None and self._use_adapter(tracts, use_adapter):
             adapter_features = self.adapter_features(tracts, b0)
-        x = torch.cat([x_t, b0.to(x_t.dtype)] + self._context_channels(context, x_t), dim=1)
+        x = torch.cat([x_t, b0.to(x_t.dtype)] + context_inputs(self.config.context, context, bval, bvec, x_t), dim=1)
         return self.backbone(x, cond, adapter_features)
-
-    def _context_channels(self, context: Tensor | None, x_t: Tensor) -> list[Tensor]:
-        """``[context]`` in x_t's dtype for a model with a context, ``[]`` without; a missing, unexpected or
-        misshapen context is a ValueError."""
-        kind = self.config.context
-        channels = CONTEXT_CHANNELS[kind]
-        if context is None:
-            if channels:
-                raise ValueError(f"this model needs a {kind!r} context of {channels} channels; none was given")
-            return []
-        want = (x_t.shape[0], channels) + tuple(x_t.shape[2:])
-        if not channels or tuple(context.shape) != want:
-            raise ValueError(f"context must be {want} for context {kind!r}, got {tuple(context.shape)}")
-        return [context.to(x_t.dtype)]
 
     def loss(
         self,
