@@ -83,3 +83,14 @@ def test_a_scheme_without_two_shells_or_enough_volumes_is_not_fitted():
     assert kurtosis_fittable(_scheme()[0])
     with pytest.raises(ValueError, match="two diffusion-weighted shells"):
         mean_kurtosis(np.ones(SHAPE + (bvals.size,)), bvals, bvecs, np.ones(SHAPE, bool))
+
+
+def test_isotropic_fits_have_no_direction_to_agree_on():
+    """Two exactly isotropic signals give dipy the same arbitrary axis: that is no agreement, so such voxels
+    are left out (NaN when no voxel is left), not counted as 0 degrees."""
+    bvals, bvecs = _scheme()
+    mask = np.ones(SHAPE, bool)
+    free = np.broadcast_to(1000 * np.exp(-bvals * 0.7e-3), SHAPE + (bvals.size,)).copy()
+    assert np.isnan(shell_angles(0.9 * free, free, bvals, bvecs, mask)["angle_median_b1000"])
+    fibre = _fibre(bvals, bvecs, [1, 0, 0])
+    assert shell_angles(fibre, fibre, bvals, bvecs, mask)["angle_median_b1000"] == 0

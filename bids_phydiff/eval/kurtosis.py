@@ -21,6 +21,8 @@ from .dti import fit_dti, principal_angle
 __all__ = ["MK_RANGE", "kurtosis_agreement", "kurtosis_fittable", "mean_kurtosis", "shell_angles"]
 
 MK_RANGE = (0.0, 3.0)
+ISOTROPIC_FA = 1e-6
+"""Below this FA a tensor is isotropic to rounding: it has no principal direction."""
 DKI_PARAMETERS = 22
 """Unknowns of dipy's kurtosis fit per voxel: 6 tensor + 15 kurtosis components + S0."""
 
@@ -71,7 +73,7 @@ def shell_angles(prediction, reference, bvals, bvecs, region, *, b0_threshold: f
                  ) -> dict[str, float]:
     """Per diffusion-weighted shell B (with at least 6 volumes) ``angle_median_b<B>``: the median angle in
     ``region`` between the principal directions of the two series' tensors from the b0 volumes and that
-    shell."""
+    shell, over the voxels where both fits have a direction (FA above :data:`ISOTROPIC_FA`; NaN where none)."""
     bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
     region = np.asarray(region) > 0
     b0 = bvals <= b0_threshold
@@ -82,5 +84,9 @@ def shell_angles(prediction, reference, bvals, bvecs, region, *, b0_threshold: f
             continue
         pred, ref = (fit_dti(np.asarray(s)[..., keep], bvals[keep], np.asarray(bvecs)[keep], region,
                              b0_threshold=b0_threshold) for s in (prediction, reference))
-        out[f"angle_median_b{shell:g}"] = float(np.median(principal_angle(pred.v1[region], ref.v1[region])))
+        # an exactly isotropic tensor has no principal direction (dipy returns an arbitrary axis, the same one
+        # for two isotropic fits): such voxels are left out, not counted as agreeing
+        valid = (pred.fa[region] > ISOTROPIC_FA) & (ref.fa[region] > ISOTROPIC_FA)
+        angles = principal_angle(pred.v1[region], ref.v1[region])[valid]
+        out[f"angle_median_b{shell:g}"] = float(np.median(angles)) if angles.size else float("nan")
     return out
