@@ -3,6 +3,9 @@ b-vector rotation (prep/motion.py, prep/hmc.py, prep/resample.py, prep/gradients
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -148,6 +151,15 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     assert found.fd[0] == 0 and found.parameters.shape == (6, 6)
     np.testing.assert_allclose(found.parameters[:, :3], truth[:, :3], atol=0.25)
     np.testing.assert_allclose(np.degrees(found.parameters[:, 3:]), np.degrees(truth[:, 3:]), atol=1.0)  # a smooth blob: weak in rotation
+    # with one ITK thread the app's default seed, 0, gives the same motion again (ANTs would read a seed of 0
+    # as "from the clock"); in a child process, whose ITK starts with one thread (this one's may not)
+    code = ("import sys; from bids_phydiff.prep.hmc import HmcConfig, estimate_motion; "
+            "p = estimate_motion(*sys.argv[1:4], sys.argv[4], threads=1, seed=0, "
+            "config=HmcConfig(anchor='registration')).parameters; print(p.tobytes().hex())")
+    again = [subprocess.run([sys.executable, "-c", code, str(dwi), str(tmp_path / "dwi.bval"), str(mask),
+                             str(tmp_path / f"hmc-seed0-{k}")], capture_output=True, text=True, check=True).stdout
+             for k in range(2)]
+    assert again[0] == again[1] and len(again[0]) > 100
 
 
 def test_per_volume_transforms_resample_each_volume_once_and_rotate_its_bvec(tmp_path):

@@ -16,9 +16,16 @@ from conftest import PHANTOM_OPTIONS, start_app
 pytestmark = pytest.mark.slow
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT and SIGTERM as a user's shell gives them. A test run started in the background
+    (``cmd &``) ignores SIGINT, the child inherits that, and the app rightly keeps an ignored SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _prepare(phantom, out, work, *extra):
     return start_app([phantom.bids_dir, out, "participant", "-w", work, "--participant-label", "01",
-                      *PHANTOM_OPTIONS, *extra], phantom.templateflow_home)
+                      *PHANTOM_OPTIONS, *extra], phantom.templateflow_home, preexec_fn=_default_signals)
 
 
 def _read_until(proc, text: str, timeout: float = 180) -> list[str]:

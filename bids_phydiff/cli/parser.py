@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop-on-first-crash", dest="stop_on_first_crash", action="store_true", help="stop at the first failed node"
     )
     perf.add_argument("--seed", type=_seed, default=0,
-                      help="random seed (same seed + inputs = same outputs on a device)")
+                      help="random seed (same seed + inputs = same outputs on a device; for the ANTs steps of "
+                           "prepare also --omp-nthreads 1, as multithreaded metric sums differ in their last bits)")
     perf.add_argument(
         "--device",
         choices=["auto", "cpu", "cuda"],

@@ -6,6 +6,7 @@
   (so the count is always exact, and with one thread the same seed gives the same transform bit for bit).
   In-process calls that do not depend on it for their result (resampling, transform I/O) log the mismatch
   and go on with the process's count.
+* The app's seed reaches ANTs as :func:`ants_seed` (ANTs ignores a seed of 0).
 * antspyx writes temporary files into Python's temporary directory. Every call here points that directory
   (and ``TMPDIR`` for the child) at a fresh folder inside the caller's ``work_dir`` and removes the folder
   afterwards, so nothing is left in the system temporary directory.
@@ -32,6 +33,13 @@ THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
 
 _lock = threading.RLock()
 _process_threads: int | None = None
+
+
+def ants_seed(seed: int) -> int:
+    """The ``--random-seed`` ANTs gets for the app's ``seed`` (an integer >= 0): ``seed mod (2^31 - 1) + 1``,
+    in 1..2^31 - 1. ANTs reads a seed of 0 as "seed from the clock", so passing the app's default 0 through
+    made every registration's sampling, and so its result, differ from run to run."""
+    return int(seed) % (2**31 - 1) + 1
 
 
 class AntsError(PhydiffError, RuntimeError):

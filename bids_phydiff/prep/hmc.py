@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ants_runtime import AntsError, ants_session
+from .ants_runtime import AntsError, ants_seed, ants_session
 from .b0 import load_series
 from .gradients import B0_THRESHOLD, unique_shells
 from .motion import ants_to_world, drift_anchor, framewise_displacement, grid_centre, rigid_parameters, world_to_ants
@@ -156,7 +156,7 @@ class _Registrar:
     def __call__(self, fixed, moving, name: str, metric: str | None = None) -> np.ndarray:
         ants, c = self.ants, self.config
         saved = ants.config._random_seed  # antspyx passes --random-seed only from its global setting
-        ants.config._random_seed = int(self.seed)
+        ants.config._random_seed = ants_seed(self.seed)
         try:
             result = ants.registration(
                 fixed, moving, type_of_transform="Rigid", initial_transform="Identity", mask=self.mask,

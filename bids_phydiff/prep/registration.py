@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputDataError
-from .ants_runtime import AntsError, run_registration
+from .ants_runtime import AntsError, ants_seed, run_registration
 from .grid import same_grid
 from .nifti import load_data, load_image, save_image, voxel_sizes
 from .resample import resample_mask
@@ -157,7 +157,7 @@ def build_arguments(
         ]
     if fixed_mask is not None or moving_mask is not None:
         args += ["--masks", f"[{fixed_mask or 'NULL'},{moving_mask or 'NULL'}]"]
-    args += ["--random-seed", str(int(seed))]
+    args += ["--random-seed", str(ants_seed(seed))]
     return args
 
 
