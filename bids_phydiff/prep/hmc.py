@@ -47,10 +47,12 @@ The rows above used the registration anchor; the default (drift anchor, smoothin
 0.34 degrees at b = 1000 and 0.89 mm, 0.75 degrees with three shells, where each shell's mean head position
 is a random offset from the b0s' that no drift model can know.
 
-The b = 1000 figure depends on the metric's sampling seed: 0.40 / 0.21 / 0.25 degrees with seeds 0 / 10 / 20
-(0.24-0.41 over the seeds tried; translation 0.04 mm throughout). Averaging three registrations per volume
-with different seeds did not remove it (seed 0: 0.38 degrees, 3x the time): most of the error is not one
-registration's sampling noise but the target's and the anchor's, which are shared by all volumes.
+The b = 1000 figure depends on the metric's sampling seed: 0.40 / 0.21 / 0.25 degrees with three seeds,
+0.38 with the app's ``--seed 0`` (0.21-0.41 over the seeds tried; translation 0.04 mm throughout). Averaging
+three registrations per volume with different seeds did not remove it (0.38 against 0.40, 3x the time): most
+of the error is not one registration's sampling noise but the target's and the anchor's, which all volumes
+share. (Until 2026-12-02 the app passed its seed to ANTs unchanged, and ANTs reads 0 as "from the clock":
+the earlier figures in this docstring are single draws of that.)
 
 On a still head (``--motion 0.01``) the default's median rotation error is 0.08 degrees at b = 1000 (0.29 with
 b = 3000 in the series) with single volumes up to 0.7-0.9 degrees (smoothing 1, 0: at most 0.15 at b = 1000,
