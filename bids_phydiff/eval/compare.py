@@ -16,7 +16,7 @@ import numpy as np
 
 from .dti import dti_agreement
 from .fidelity import PatchGrid, seam_score, sharpness_score
-from .kurtosis import kurtosis_agreement, shell_angles
+from .kurtosis import qspace_agreement, qspace_maps
 from .metrics import series_metrics, summarise_by_shell
 
 __all__ = ["dti_rows", "metric_rows", "model_patch_grid", "qspace_rows", "summarise"]
@@ -59,11 +59,12 @@ def dti_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bv
 
 def qspace_rows(methods: Mapping[str, np.ndarray], reference: np.ndarray, bvals, bvecs, region,
                 labels: Mapping | None = None) -> list[dict]:
-    """One row per method: ``labels``, ``method``, the mean kurtosis (:func:`.kurtosis.kurtosis_agreement`)
-    and the per-shell direction angles (:func:`.kurtosis.shell_angles`) of its series against ``reference``
-    in ``region``; for a multi-shell scheme."""
-    return [{**(labels or {}), "method": name, **kurtosis_agreement(series, reference, bvals, bvecs, region),
-             **shell_angles(series, reference, bvals, bvecs, region)} for name, series in methods.items()]
+    """One row per method: ``labels``, ``method`` and :func:`.kurtosis.qspace_agreement` of its series against
+    ``reference`` in ``region`` (mean kurtosis, per-shell direction angles); for a multi-shell scheme. The
+    reference is fitted once."""
+    ref = qspace_maps(reference, bvals, bvecs, region)
+    return [{**(labels or {}), "method": name, **qspace_agreement(qspace_maps(series, bvals, bvecs, region), ref)}
+            for name, series in methods.items()]
 
 
 def summarise(volume_rows: Sequence[Mapping], keys: Sequence[str] = ("reference", "method")) -> list[dict]:

@@ -189,9 +189,10 @@ def evaluate(
         if with_baseline:
             methods[BASELINE] = physics_baseline(subject.b0, subject.bvals, first.conditions.adc_atlas,
                                                  first.conditions.shells, mask=subject.mask)
-            sources = [s for s in (context_source(b, subject) for b in loaded) if s is not None]
-            if sources:
-                methods[TENSOR_BASELINE] = context_baseline(sources[0], subject.mask, subject.bvals, subject.bvecs)
+            with_context = next((b for b in loaded if b.bundle.model.config.context != "none"), None)
+            if with_context is not None:
+                methods[TENSOR_BASELINE] = context_baseline(context_source(with_context, subject), subject.mask,
+                                                            subject.bvals, subject.bvecs)
         if with_acquired:
             methods[ACQUIRED] = subject.dwi
         result.slices += figure_slices(run.prefix, methods, subject)

@@ -13,16 +13,20 @@ b in s/mm^2, b-vectors in the FSL convention of the image the series sits on (bo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..prep.gradients import B0_THRESHOLD, SHELL_TOLERANCE, unique_shells
 from .dti import fit_dti, principal_angle
 
-__all__ = ["MK_RANGE", "kurtosis_agreement", "kurtosis_fittable", "mean_kurtosis", "shell_angles"]
+__all__ = ["MK_RANGE", "QspaceMaps", "kurtosis_fittable", "mean_kurtosis", "qspace_agreement", "qspace_maps"]
 
 MK_RANGE = (0.0, 3.0)
-ISOTROPIC_FA = 1e-6
-"""Below this FA a tensor is isotropic to rounding: it has no principal direction."""
+ISOTROPIC_FA = 1e-3
+"""Below this FA a tensor is isotropic to the precision of float32 images (an exactly isotropic signal, such
+as the physics baseline's, fits to FA 1e-6..1e-4 after rounding): it has no principal direction. Noise alone
+gives FA of several hundredths."""
 DKI_PARAMETERS = 22
 """Unknowns of dipy's kurtosis fit per voxel: 6 tensor + 15 kurtosis components + S0."""
 
@@ -56,37 +60,48 @@ def mean_kurtosis(dwi, bvals, bvecs, mask, *, b0_threshold: float = B0_THRESHOLD
     return mk
 
 
-def kurtosis_agreement(prediction, reference, bvals, bvecs, region, *, b0_threshold: float = B0_THRESHOLD
-                       ) -> dict[str, float]:
-    """MK of two ``(X, Y, Z, N)`` series with one gradient table inside ``region``: ``mk_mae``, ``mk_bias``
-    (prediction - reference), ``mk_prediction`` and ``mk_reference`` (means) and ``voxels``."""
-    region = np.asarray(region) > 0
-    if not region.any():
-        raise ValueError("the region for the kurtosis comparison is empty")
-    pred = mean_kurtosis(prediction, bvals, bvecs, region, b0_threshold=b0_threshold)[region]
-    ref = mean_kurtosis(reference, bvals, bvecs, region, b0_threshold=b0_threshold)[region]
-    return {"mk_mae": float(np.mean(np.abs(pred - ref))), "mk_bias": float(np.mean(pred - ref)),
-            "mk_prediction": float(np.mean(pred)), "mk_reference": float(np.mean(ref)), "voxels": int(region.sum())}
+@dataclass(frozen=True)
+class QspaceMaps:
+    """What :func:`qspace_agreement` compares, fitted once per series inside a region: ``mk`` ``(V,)`` the
+    mean kurtosis of the region's voxels, ``shells`` ``{B: (fa (V,), v1 (V, 3))}`` per diffusion-weighted
+    shell with at least 6 volumes, from the tensor of the b0 volumes and that shell."""
+
+    mk: np.ndarray
+    shells: dict[float, tuple[np.ndarray, np.ndarray]]
 
 
-def shell_angles(prediction, reference, bvals, bvecs, region, *, b0_threshold: float = B0_THRESHOLD
-                 ) -> dict[str, float]:
-    """Per diffusion-weighted shell B (with at least 6 volumes) ``angle_median_b<B>``: the median angle in
-    ``region`` between the principal directions of the two series' tensors from the b0 volumes and that
-    shell, over the voxels where both fits have a direction (FA above :data:`ISOTROPIC_FA`; NaN where none)."""
+def qspace_maps(series, bvals, bvecs, region, *, b0_threshold: float = B0_THRESHOLD) -> QspaceMaps:
+    """:class:`QspaceMaps` of ``series`` ``(X, Y, Z, N)`` inside ``region`` ``(X, Y, Z)`` (not empty)."""
     bvals = np.asarray(bvals, dtype=np.float64).reshape(-1)
     region = np.asarray(region) > 0
+    if not region.any():
+        raise ValueError("the region for the q-space comparison is empty")
+    mk = mean_kurtosis(series, bvals, bvecs, region, b0_threshold=b0_threshold)[region]
     b0 = bvals <= b0_threshold
-    out = {}
+    shells = {}
     for shell in unique_shells(bvals[~b0]):
         keep = b0 | (np.abs(bvals - shell) <= SHELL_TOLERANCE)
-        if np.count_nonzero(keep & ~b0) < 6:
-            continue
-        pred, ref = (fit_dti(np.asarray(s)[..., keep], bvals[keep], np.asarray(bvecs)[keep], region,
-                             b0_threshold=b0_threshold) for s in (prediction, reference))
+        if np.count_nonzero(keep & ~b0) >= 6:
+            fit = fit_dti(np.asarray(series)[..., keep], bvals[keep], np.asarray(bvecs)[keep], region,
+                          b0_threshold=b0_threshold)
+            shells[float(shell)] = (fit.fa[region], fit.v1[region])
+    return QspaceMaps(mk, shells)
+
+
+def qspace_agreement(prediction: QspaceMaps, reference: QspaceMaps) -> dict[str, float]:
+    """MK of the prediction against the reference's: ``mk_mae``, ``mk_bias`` (prediction - reference),
+    ``mk_prediction`` and ``mk_reference`` (means), ``voxels``; and per shell B ``angle_median_b<B>``, the
+    median angle between the principal directions over the voxels where both fits have one (FA above
+    :data:`ISOTROPIC_FA`; NaN where none has)."""
+    out = {"mk_mae": float(np.mean(np.abs(prediction.mk - reference.mk))),
+           "mk_bias": float(np.mean(prediction.mk - reference.mk)),
+           "mk_prediction": float(np.mean(prediction.mk)), "mk_reference": float(np.mean(reference.mk)),
+           "voxels": int(reference.mk.size)}
+    for shell, (ref_fa, ref_v1) in reference.shells.items():
+        fa, v1 = prediction.shells[shell]
         # an exactly isotropic tensor has no principal direction (dipy returns an arbitrary axis, the same one
         # for two isotropic fits): such voxels are left out, not counted as agreeing
-        valid = (pred.fa[region] > ISOTROPIC_FA) & (ref.fa[region] > ISOTROPIC_FA)
-        angles = principal_angle(pred.v1[region], ref.v1[region])[valid]
+        valid = (fa > ISOTROPIC_FA) & (ref_fa > ISOTROPIC_FA)
+        angles = principal_angle(v1, ref_v1)[valid]
         out[f"angle_median_b{shell:g}"] = float(np.median(angles)) if angles.size else float("nan")
     return out
