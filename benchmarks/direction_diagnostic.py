@@ -104,12 +104,11 @@ def main() -> None:
         noise = torch.randn(batch.target.shape, generator=torch.Generator().manual_seed(0))
         for step in [None] if model.is_regression else args.steps:
             if step is None:
-                x0 = model.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, adc=adc)
+                x0 = model.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos)
             else:
                 t = torch.full((len(bvals),), step)
                 x_t = model.schedule.q_sample(batch.target, t, noise, g)
-                eps = model.predict_eps(x_t, t, g, model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos,
-                                                                 adc=adc))
+                eps = model.predict_eps(x_t, t, g, model(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos))
                 x0, _ = model.schedule.predict_x0(x_t, t, g, eps)
             for shell in shells:
                 pick = torch.from_numpy(np.isclose(np.round(bvals, -2), shell))

@@ -65,7 +65,6 @@ VARIANTS = {
     "wide0": _linear(_wide0),
     "smooth_refine": _backbone(unpatch="smooth", refine_channels=16),
     "smooth_skip": lambda cfg: _backbone(unpatch="smooth")(cfg).replace(objective="x0", x0_skip=True),
-    "prior": lambda cfg: cfg.replace(objective="x0", x0_skip=False, prior="physics"),
 }
 """Each variant: a change of the tiny preset's model config (``PhyDiffConfig -> PhyDiffConfig``)."""
 
@@ -143,7 +142,7 @@ def evaluate(folder: Path, test_runs, cache: Path, count: int, ts: list[int], se
         tt = torch.full((batch["target"].shape[0],), t, dtype=torch.long)
         noise = torch.randn(batch["target"].shape, generator=torch.Generator().manual_seed(seed + t))
         x_t = model.schedule.q_sample(batch["target"], tt, noise, g).float()
-        eps = model.predict_eps(x_t, tt, g, model(x_t, tt, *cond, adc=batch["adc"]).float())
+        eps = model.predict_eps(x_t, tt, g, model(x_t, tt, *cond).float())
         images[f"t={t}"] = model.schedule.x0_from_eps(x_t, tt, g, eps).float()
         rows[f"probe t={t}"] = scores(images[f"t={t}"], batch, patch)
     start = time.perf_counter()

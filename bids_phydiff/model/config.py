@@ -239,9 +239,6 @@ DIFFUSION_OBJECTIVES = ("eps", "v", "x0")
 """What a diffusion network may predict: the noise, v, or the clean slice (see :class:`PhyDiffConfig`)."""
 OBJECTIVES = DIFFUSION_OBJECTIVES + ("regression",)
 
-PRIORS = ("none", "physics")
-"""What the network's output corrects (:attr:`PhyDiffConfig.prior`): nothing, or the physics prior."""
-
 BASE_CHANNELS = 2
 """Input channels of the backbone without a context: x_t and the b0 slice."""
 CONTEXT_CHANNELS = {"none": 0, "dti": 7, "sh4": 15}
@@ -286,11 +283,6 @@ class PhyDiffConfig(JsonConfig):
     tensor's diffusivity along it and its signal, :mod:`.context`). ``backbone.in_channels`` is then
     :data:`BASE_CHANNELS` + :data:`CONTEXT_CHANNELS` + :data:`DERIVED_CONTEXT_CHANNELS`; a config that leaves
     it at 2 gets it filled in.
-
-    ``prior`` (x0 and regression objectives; ``"none"`` for a config without the key): ``"physics"`` reads
-    the network's output F as a correction to the physics prior, x0 = P + F with P = (b0 + 1) exp(-b ADC) - 1
-    from the ADC-atlas slice (:mod:`.prior`), so the b0's anatomy reaches the output at full resolution
-    instead of through the patch tokens. Measured on real scans in docs/evaluation.md ("The physics prior").
     """
 
     backbone: HDiTConfig
@@ -300,7 +292,6 @@ class PhyDiffConfig(JsonConfig):
     objective: Literal["eps", "v", "x0", "regression"] = "eps"
     x0_skip: bool = False
     context: Literal["none", "dti", "sh4"] = "none"
-    prior: Literal["none", "physics"] = "none"
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_CHANNELS:
@@ -316,11 +307,6 @@ class PhyDiffConfig(JsonConfig):
             raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.objective!r}")
         if self.x0_skip and self.objective != "x0":
             raise ValueError(f"x0_skip applies to the x0 objective only, not to {self.objective!r}")
-        if self.prior not in PRIORS:
-            raise ValueError(f"prior must be one of {list(PRIORS)}, got {self.prior!r}")
-        if self.prior != "none" and (self.objective not in ("x0", "regression") or self.x0_skip):
-            raise ValueError(f"prior {self.prior!r} applies to the x0 (without x0_skip) and regression objectives, "
-                             f"not to {self.objective!r}" + (" with x0_skip" if self.x0_skip else ""))
 
     def replace(self, **changes: Any) -> PhyDiffConfig:
         """A copy with top-level fields replaced, e.g. ``cfg.replace(adapter=None)``; a new ``context``

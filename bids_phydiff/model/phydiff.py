@@ -15,8 +15,6 @@ channels the model derives from them for the target gradient (:mod:`.context`).
 With ``config.objective == "regression"`` the same network is a deterministic regressor instead: its
 input is x_t = 0 at t = 0 (the b0 is the other channel), its output is read as the target slice, the loss
 is the MSE to the target and :meth:`PhyDiff.sample` is one forward pass (see :class:`~.config.PhyDiffConfig`).
-With ``config.prior == "physics"`` the x0 (or regression) prediction is the physics prior plus the
-backbone's output (:mod:`.prior`).
 
 Two training stages: ``trainable_parameters("backbone")`` trains conditioning + backbone (the adapter is
 not used); ``trainable_parameters("adapter")`` freezes them and trains only the adapter.
@@ -40,7 +38,6 @@ from .config import PhyDiffConfig, preset
 from .context import context_inputs
 from .device import autocast
 from .hdit import HDiT
-from .prior import physics_prior
 from .sampling import SamplerConfig, make_generator
 from .sampling import sample as run_sampler
 from .schedule import PhysicsSchedule
@@ -144,7 +141,6 @@ class PhyDiff(nn.Module):
         adapter_features: list[Tensor] | None = None,
         use_adapter: bool | None = None,
         context: Tensor | None = None,
-        adc: Tensor | None = None,
     ) -> Tensor:
         """The network's prediction (B, 1, H, W) for x_t (B, 1, H, W) at steps t (B,): the clean slice for x0
         and regression, the noise for eps, v for v (:meth:`predict_eps` turns any diffusion output into noise).
@@ -152,20 +148,12 @@ class PhyDiff(nn.Module):
         The adapter runs when ``use_adapter`` is True, or when it is None and the model has an adapter
         and ``tracts`` is given; precomputed ``adapter_features`` skip the adapter's forward.
         ``context`` (B, C, H, W): the context maps, required exactly when ``config.context`` is not none.
-        ``adc`` (B, 1, H, W) mm^2/s: the ADC-atlas slice for ``bval``, required by a model with a physics
-        prior (``config.prior``), whose prediction is then the prior plus the backbone's output.
         """
         cond = self.conditioning(t, bval, bvec, slice_pos)
         if adapter_features is None and self._use_adapter(tracts, use_adapter):
             adapter_features = self.adapter_features(tracts, b0)
         x = torch.cat([x_t, b0.to(x_t.dtype)] + context_inputs(self.config.context, context, bval, bvec, x_t), dim=1)
-        out = self.backbone(x, cond, adapter_features)
-        if self.config.prior == "none":
-            return out
-        if adc is None:
-            raise ValueError("this model corrects the physics prior (config.prior 'physics'): it needs the ADC-atlas "
-                             "slice (adc) for every target")
-        return out + physics_prior(b0.to(out.dtype), adc, bval)
+        return self.backbone(x, cond, adapter_features)
 
     def loss(
         self,
@@ -188,7 +176,7 @@ class PhyDiff(nn.Module):
         b = x0.shape[0]
         if self.is_regression:
             pred = self.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter,
-                                context=batch.context, adc=batch.adc)
+                                context=batch.context)
             return F.mse_loss(pred.float(), x0)
         if t is None:
             t = torch.randint(0, self.schedule.num_steps, (b,), generator=generator, device=x0.device)
@@ -197,7 +185,7 @@ class PhyDiff(nn.Module):
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
         out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter,
-                   context=batch.context, adc=batch.adc)
+                   context=batch.context)
         if self.config.x0_skip:
             return F.mse_loss(self.schedule.x0_from_v(x_t.float(), t, g, out.float()), x0)
         target = self.schedule.loss_target(self.config.objective, x0, noise.float(), t, g)
@@ -227,14 +215,13 @@ class PhyDiff(nn.Module):
         use_adapter: bool | None = None,
         adapter_features: list[Tensor] | None = None,
         context: Tensor | None = None,
-        adc: Tensor | None = None,
     ) -> Tensor:
         """The regression objective's prediction (B, 1, H, W) of the target slice in [-1, 1] space: one
         forward pass with x_t = 0 at t = 0."""
         t = torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device)
         x = torch.zeros(b0.shape, dtype=torch.float32, device=b0.device)
         return self(x, t, b0, bval, bvec, slice_pos, tracts, adapter_features=adapter_features, use_adapter=use_adapter,
-                    context=context, adc=adc)
+                    context=context)
 
     # ---------------------------------------------------------------------------------------- sampling
 
@@ -255,8 +242,7 @@ class PhyDiff(nn.Module):
     ) -> Tensor:
         """Synthesise (B, 1, H, W) in the [-1, 1] intensity space of ``b0`` (B, 1, H, W).
 
-        ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term (not for a
-        model with a physics prior).
+        ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
         ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
         ``context`` (B, C, H, W): the context maps of a model with a context (see :meth:`forward`).
         Runs in eval mode (restored afterwards). The regression objective ignores ``sampler``, ``seed`` and
@@ -272,14 +258,14 @@ class PhyDiff(nn.Module):
             if self.is_regression:
                 with amp:
                     out = self.regress(b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
-                                       context=context, adc=adc)
+                                       context=context)
                 return out.float()
             g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
 
             def eps_fn(x: Tensor, t: Tensor) -> Tensor:
                 with amp:
                     out = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
-                               context=context, adc=adc)
+                               context=context)
                 return self.predict_eps(x, t, g, out.float())
 
             return run_sampler(eps_fn, self.schedule, g, tuple(b0.shape), sampler, b0, generator, b0.device)
