@@ -70,10 +70,10 @@ def test_recovered_motion_matches_the_truth(runs):
     print(f"motion recovery at 4 mm, --motion 3: translation error median {np.median(trans):.3f} mm "
           f"(max {trans.max():.2f}), rotation error median {np.median(rot):.3f} deg (max {rot.max():.2f})")
     assert np.median(trans) < 0.3
-    # 0.38 degrees with --seed 0 (deterministic, one thread); over other sampling seeds 0.21-0.41 (prep/hmc.py):
-    # the median over 17 volumes moves by +-0.1 with the metric's sampling. The goal, 0.3, is met by
-    # some seeds, not all; this bound catches a correction that went wrong, not that spread.
-    assert np.median(rot) < 0.5
+    # 0.38 degrees with --seed 0 (deterministic, one thread); over other sampling seeds 0.21-0.41 (prep/hmc.py).
+    # The goal, 0.3, is met by some seeds, not this one; the bound is the one the test had before the
+    # seed reached ANTs, not widened for the clock-seeded spread that no longer exists.
+    assert np.median(rot) < 0.4
     # the motion itself is much larger than the errors: the correction did something
     true_rot = np.degrees(np.abs(parameters_of(truth)[:, 3:]).max(axis=1))
     assert np.median(true_rot) > 2 * np.median(rot)
