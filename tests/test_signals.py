@@ -5,8 +5,11 @@ rerun with the same work dir completes.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -86,3 +89,48 @@ def test_a_signal_during_prepare_ends_the_run_with_its_exit_code(phantom_2sub, t
         assert proc.returncode == 0, log[-4000:]
         assert (out / "sub-01" / "dwi" / "sub-01_space-Phantom_res-04_desc-preproc_dwi.nii.gz").is_file()
         assert not list((out / "logs" / "crash").glob("*"))
+
+
+def _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal: bool) -> list[str]:
+    """A worker-pool error logged from another thread, and then (0.3 s later) SIGTERM or nothing: the
+    order a scheduler's signal to the whole process group can give, workers dying before the main thread
+    runs its handler. Returns the messages that reached the log."""
+    from bids_phydiff.workflows.execution import SignalGuard
+
+    class Handed(Exception):
+        """Raised by the handler in place before the guard: the command line's."""
+
+    def before(signum, frame):
+        raise Handed(signum)
+
+    monkeypatch.setattr(SignalGuard, "SIGNAL_WAIT_S", 1.0)
+    pool_logger = logging.getLogger("concurrent.futures")
+    report = threading.Thread(target=pool_logger.error, args=("exception calling callback: BrokenProcessPool",))
+    previous = signal.signal(signal.SIGTERM, before)
+    guard = SignalGuard(tmp_path)
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(Handed) if send_signal else contextlib.nullcontext():
+            with guard:
+                report.start()
+                time.sleep(0.3)
+                if send_signal:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    time.sleep(5)  # the handler interrupts this
+                report.join()
+        report.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for name in SignalGuard.QUIET_AFTER:
+            logging.getLogger(name).removeFilter(guard._quiet)
+    return [r.getMessage() for r in caplog.records if r.name == "concurrent.futures"]
+
+
+def test_a_broken_pool_reported_just_before_the_signal_is_handled_stays_out_of_the_log(tmp_path, monkeypatch,
+                                                                                          caplog):
+    assert _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal=True) == []
+
+
+def test_a_broken_pool_without_a_signal_is_reported(tmp_path, monkeypatch, caplog):
+    """A worker killed for memory breaks the pool too: that one is news and must reach the log."""
+    messages = _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal=False)
+    assert messages == ["exception calling callback: BrokenProcessPool"]

@@ -106,6 +106,8 @@ class SignalGuard:
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
     QUIET_AFTER = ("nipype.workflow", "concurrent.futures")
     """Loggers silenced after a signal: the failed node and the broken worker pool are its echo, not news."""
+    SIGNAL_WAIT_S = 2.0
+    """How long a record from another thread waits for a signal that may be on its way to the main thread."""
 
     def __init__(self, crash_dir: Path):
         self.crash_dir = Path(crash_dir)
@@ -136,6 +138,12 @@ class SignalGuard:
             raise RunInterrupted(signum)
 
     def _quiet(self, record: logging.LogRecord) -> bool:
+        if self.signum is None and threading.current_thread() is not threading.main_thread():
+            # When a scheduler signals the whole process group, the workers die first and the pool's
+            # manager thread reports the broken pool before the main thread has run its handler.
+            deadline = time.monotonic() + self.SIGNAL_WAIT_S
+            while self.signum is None and time.monotonic() < deadline:
+                time.sleep(0.02)
         return self.signum is None
 
     def check(self, node=None, status=None) -> None:
