@@ -130,10 +130,15 @@ class RunConfig:
     run_id: str = ""
 
     @property
+    def run_dir(self) -> Path:
+        """This run's own folder of the work dir (removed when the run ends)."""
+        return self.work_dir / f"run-{self.run_id}"
+
+    @property
     def database_dir(self) -> Path:
-        """Where the pybids index lives (never inside bids_dir): the shared ``--bids-database-dir``, else this
-        run's own folder of the work dir, so that runs sharing a work dir never share an index."""
-        return self.bids_database_dir or self.work_dir / f"run-{self.run_id}" / "bids_db"
+        """Where the pybids index lives (never inside bids_dir): the shared ``--bids-database-dir``, else
+        :attr:`run_dir`, so that runs sharing a work dir never share an index."""
+        return self.bids_database_dir or self.run_dir / "bids_db"
 
     def to_dict(self) -> dict:
         return _plain(self)

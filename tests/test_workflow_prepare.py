@@ -194,6 +194,7 @@ def test_a_second_run_reuses_the_work_dir(prepared):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.stat().st_mtime_ns for p in registrations] == mtimes
     assert dwi.is_file()
+    assert not list(work.glob("run-*")), "each run's own pybids index is removed when the run ends"
 
 
 def test_a_template_missing_offline_is_a_clear_error(prepared, tmp_path):
@@ -205,3 +206,4 @@ def test_a_template_missing_offline_is_a_clear_error(prepared, tmp_path):
     assert "template Nowhere" in proc.stderr and f"TEMPLATEFLOW_HOME={phantom.templateflow_home}" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(out.glob("sub-*"))
+    assert not list((tmp_path / "work").glob("run-*")), "a failed run removes its pybids index too"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -117,7 +118,10 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             config.save()
         _limit_threads(config)
-        run(config)
+        try:
+            run(config)
+        finally:  # the run's own pybids index: a work dir shared by many runs would collect them
+            shutil.rmtree(config.run_dir, ignore_errors=True)
     except PhydiffError as exc:
         LOGGER.error("%s", exc)
         return exc.exit_code
