@@ -7,8 +7,9 @@ look too different at high b for a direct registration to be reliable:
   is a blurred double image that pulls every registration towards the middle);
 * the diffusion-weighted volumes of one shell to the mean of that shell.
 
-``HmcConfig.refinements`` > 0 rebuilds each target from the registered volumes (leaving the volume out)
-and registers again. A shell's mean lies where the head was on average during that shell, not where the
+The first targets are means of volumes at different head positions, blurred. ``HmcConfig.refinements``
+(1 by default) rebuilds each target from the registered volumes, leaving the volume out, and registers
+again from the first estimate at the pyramid's finest level only. A shell's mean lies where the head was on average during that shell, not where the
 b0 frame lies: the anchor (``HmcConfig.anchor``) places it from the b0 volumes' own positions, interpolated
 in acquisition order over the shell's volumes (slow drift; with one b0, the b0's position), and that map is
 composed with the volumes' own. Every volume thus gets one rigid map from the b0 frame to itself
@@ -24,8 +25,8 @@ toshiba acquisitions (the agreement tests/test_workflow_real.py checks; benchmar
 median over pairs / worst pair: ``--hmc none`` 7.55 / 8.75 degrees; registration anchor 7.73 / 10.10; drift
 anchor 7.54 / 8.50. The xa30 AP
 and PA runs agree to 17.0 degrees without motion correction and to 12.5 with it (drift anchor; 10.5 with
-the registration anchor, which shifts both runs alike). On the phantom, whose motion is independent from
-volume to volume (no drift), the drift anchor is the worse one with three shells (below).
+the registration anchor, which shifts both runs alike). On the phantom, whose head drifts as a random walk
+(a shell may follow the last b0 by 20 volumes), the drift anchor is the worse one with three shells (below).
 
 Measured on 4 mm phantoms (seed 3, 2 b0 + 15 directions per shell, SNR 30) with ``--motion 3`` against the
 true motion, 1 ITK thread on a shared 2-core machine (median over volumes of the translation error and of
@@ -35,7 +36,7 @@ the angle of the residual rotation; ``benchmarks/hmc_diagnostic.py``):
 setting                                     b = 1000: mm, deg   b = 1000/2000/3000: mm, deg  s per volume
 ==========================================  ==================  ==========================  ============
 smoothing 1, 0 voxels (final level raw)     0.04, 0.41          0.08, 0.62                  0.9
-smoothing 1, 1 voxels (the default)         0.04, 0.27          0.07, 0.48                  0.9
+smoothing 1, 1 voxels (the default's)       0.04, 0.27          0.07, 0.48                  0.9
 smoothing 1.5, 1 / 2, 1.5 voxels            0.04-0.06, 0.31     0.07, 0.47                  0.9
 smoothing 1, 0.5 voxels, refined once       0.03, 0.28          -                           1.7
 Mattes sampling 1.0 instead of 0.5          0.06, 0.49          -                           1.7
@@ -43,28 +44,49 @@ normalised correlation / mean squares       0.08-0.09, 0.86-1.0 -               
 shell means registered to the b0 mean       0.05, 0.26          0.06, 0.41                  0.8
 ==========================================  ==================  ==========================  ============
 
-The rows above used the registration anchor; the default (drift anchor, smoothing 1, 1) measures 0.04 mm,
-0.34 degrees at b = 1000 and 0.89 mm, 0.75 degrees with three shells, where each shell's mean head position
-is a random offset from the b0s' that no drift model can know.
+The rows above used the registration anchor and no refinement (clock-seeded single draws, see below); the
+drift anchor with smoothing 1, 1 measured 0.04 mm, 0.34 degrees at b = 1000 and 0.89 mm, 0.75 degrees with
+three shells.
 
-The b = 1000 figure depends on the metric's sampling seed: 0.40 / 0.21 / 0.25 degrees with three seeds,
-0.38 with the app's ``--seed 0`` (0.21-0.41 over the seeds tried; translation 0.04 mm throughout). Averaging
-three registrations per volume with different seeds did not remove it (0.38 against 0.40, 3x the time): most
-of the error is not one registration's sampling noise but the target's and the anchor's, which all volumes
-share. (Until 2026-12-02 the app passed its seed to ANTs unchanged, and ANTs reads 0 as "from the clock":
-the earlier figures in this docstring are single draws of that.)
+Without refinement the b = 1000 figure depends on the metric's sampling seed: 0.40 / 0.21 / 0.25 degrees with
+three seeds, 0.38 with the app's ``--seed 0`` (0.21-0.41 over the seeds tried; translation 0.04 mm
+throughout). Averaging three registrations per volume with different seeds did not remove it (0.38 against
+0.40, 3x the time): most of the error is not one registration's sampling noise but the blurred target's,
+which all volumes share (the refinement below). (Until 2026-12-02 the app passed its seed to ANTs
+unchanged, and ANTs reads 0 as "from the clock": the earlier figures in this docstring are single draws.)
 
-On a still head (``--motion 0.01``) the default's median rotation error is 0.08 degrees at b = 1000 (0.29 with
+On a still head (``--motion 0.01``) the unrefined median rotation error is 0.08 degrees at b = 1000 (0.29 with
 b = 3000 in the series) with single volumes up to 0.7-0.9 degrees (smoothing 1, 0: at most 0.15 at b = 1000,
 but 0.5 degrees median once the head moves); such a volume shows as ~1 mm of framewise displacement.
+Refined once (the default), the still phantom of tests/test_workflow_motion.py shows a mean FD of 0.25 mm
+and at most 0.48 mm.
 
 Smoothing the finest level by one voxel takes the noise out of the metric; most of the remaining rotation
 error is at b = 3000 (SNR ~ 3-9 in white matter) and in the shell -> b0 anchor. Framewise displacement on
 real scans also holds the eddy-current shifts along the phase-encoding axis (sub-xa30: +-3 mm in y from
-direction to direction, mean FD 1.6 mm), which a rigid model takes for motion. Refining the targets did not
-pay, so the default does not. Per-shell tensor predictions as targets (contrast matched per direction) were
-worse than the shell mean (rotation 1.0 degree): the leave-one-out fit from 11 noisy volumes is noisier than
-the 12-volume mean (normalised cross-correlation with the acquired volume 0.58 against 0.72 at b = 3000).
+direction to direction, mean FD 1.6 mm), which a rigid model takes for motion. Per-shell tensor predictions
+as targets (contrast matched per direction) were worse than the shell mean (rotation 1.0 degree): the
+leave-one-out fit from 11 noisy volumes is noisier than the 12-volume mean (normalised cross-correlation with
+the acquired volume 0.58 against 0.72 at b = 3000).
+
+Refinement, measured 2026-12-02 over five sampling seeds (0-4) on the b = 1000 phantom above (median
+rotation error per seed; mean over seeds; translation 0.03-0.04 mm throughout; seconds for 17 volumes, one
+thread):
+
+=====================================  ==============================  ======  =====
+targets                                rotation, degrees, seeds 0-4    mean    s
+=====================================  ==============================  ======  =====
+not refined (the default until then)   0.38 0.27 0.27 0.32 0.27        0.304   12.1
+refined once, whole pyramid again      0.21 0.30 0.24 0.25 0.19        0.240   28.1
+refined twice, whole pyramid again     0.21 0.21 0.21 0.28 0.19        0.221   43.5
+refined once, finest level (default)   0.24 0.24 0.21 0.26 0.28        0.245   20.1
+refined twice, finest level            0.20 0.23 0.18 0.23 0.26        0.221   28.8
+twice the iterations, not refined      0.39 0.28 0.27 0.32 0.27        0.307   12.4
+=====================================  ==============================  ======  =====
+
+With three shells the anchor dominates and refinement does not change it (seeds 0-2: 0.75 0.86 0.88
+degrees, 0.91 mm not refined; 0.82 0.80 0.83 degrees, 0.91 mm refined once): the b = 3000 shell follows the
+last b0 by 7-22 volumes, and the phantom's head drifts on meanwhile.
 """
 
 from __future__ import annotations
@@ -105,7 +127,7 @@ class HmcConfig:
     sampling: float = 0.5
     bins: int = 32
     metric: str = "mattes"
-    refinements: int = 0
+    refinements: int = 1
     mask_dilation: int = 2
     anchor: str = "b0-drift"
 
@@ -115,6 +137,18 @@ class HmcConfig:
 
 
 DEFAULT_HMC = HmcConfig()
+
+
+def describe(config: HmcConfig) -> str:
+    """The method in one sentence, for the confounds sidecar."""
+    anchor = ("placed at the b0 volumes' positions interpolated in acquisition order" if config.anchor == "b0-drift"
+              else "registered to the b0 mean")
+    metric = "Mattes mutual information" if config.metric == "mattes" else f"metric {config.metric}"
+    return (f"one rigid antspyx registration per volume ({metric}, shrink factors "
+            f"{list(config.shrink_factors)}): b0 volumes to the first b0, diffusion-weighted volumes to their "
+            f"shell's mean (rebuilt from the registered volumes {config.refinements} time(s), each volume then "
+            f"registered again to the mean of the others), each shell's mean {anchor}; the reference is the mean "
+            "of the corrected b0 volumes")
 
 
 @dataclass(frozen=True)
@@ -155,20 +189,29 @@ class _Registrar:
     def __init__(self, ants, config: HmcConfig, seed: int, work_dir: Path, mask):
         self.ants, self.config, self.seed, self.work_dir, self.mask = ants, config, seed, work_dir, mask
 
-    def __call__(self, fixed, moving, name: str, metric: str | None = None) -> np.ndarray:
+    def __call__(self, fixed, moving, name: str, metric: str | None = None,
+                 start: np.ndarray | None = None) -> np.ndarray:
+        """``start``: a world map to begin from; the registration then runs the pyramid's finest level only
+        (the map is already within a voxel or so), else the whole pyramid from the identity."""
         ants, c = self.ants, self.config
+        levels = slice(-1, None) if start is not None else slice(None)
+        initial = str(_write_world(ants, start, self.work_dir / f"{name}_start.mat")) if start is not None \
+            else "Identity"
         saved = ants.config._random_seed  # antspyx passes --random-seed only from its global setting
         ants.config._random_seed = ants_seed(self.seed)
         try:
+            # ANTs folds an initial linear transform into the one it writes: the result is the whole map
             result = ants.registration(
-                fixed, moving, type_of_transform="Rigid", initial_transform="Identity", mask=self.mask,
+                fixed, moving, type_of_transform="Rigid", initial_transform=initial, mask=self.mask,
                 aff_metric=metric or c.metric, aff_sampling=c.bins, aff_random_sampling_rate=c.sampling,
-                aff_iterations=tuple(c.iterations), aff_shrink_factors=tuple(c.shrink_factors),
-                aff_smoothing_sigmas=tuple(c.smoothing_sigmas), outprefix=str(self.work_dir / f"{name}_"))
+                aff_iterations=tuple(c.iterations[levels]), aff_shrink_factors=tuple(c.shrink_factors[levels]),
+                aff_smoothing_sigmas=tuple(c.smoothing_sigmas[levels]), outprefix=str(self.work_dir / f"{name}_"))
         except RuntimeError as exc:
             raise AntsError(f"rigid registration of volume {name} failed: {exc}") from None
         finally:
             ants.config._random_seed = saved
+            if start is not None:
+                Path(initial).unlink(missing_ok=True)
         path = Path(result["fwdtransforms"][0])
         world = _world(ants, path)
         path.unlink(missing_ok=True)
@@ -229,7 +272,8 @@ def estimate_motion(
             times; returns the final mean (``target`` frame)."""
             for rnd in range(config.refinements + 1):
                 for i in index:
-                    worlds[i] = register(target if rnd == 0 else image(loo[i]), volumes[i], f"vol-{i:04d}")
+                    worlds[i] = register(target, volumes[i], f"vol-{i:04d}") if rnd == 0 else \
+                        register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i])
                 data = corrected(index)
                 total = data.sum(axis=0)
                 loo = {i: (total - data[k]) / max(index.size - 1, 1) if index.size > 1 else data[k]

@@ -41,15 +41,12 @@ class EstimateMotion(SimpleInterface):
     output_spec = _EstimateMotionOutput
 
     def _run_interface(self, runtime):
-        from ..prep.hmc import DEFAULT_HMC, estimate_motion
+        from ..prep.hmc import DEFAULT_HMC, describe, estimate_motion
         from ..prep.motion import confounds_sidecar, write_confounds, write_json
 
         i = self.inputs
         found = estimate_motion(i.in_dwi, i.in_bval, i.mask, runtime.cwd, i.threads, i.seed, i.b0_threshold)
-        method = (f"one rigid antspyx registration per volume (Mattes mutual information, shrink factors "
-                  f"{list(DEFAULT_HMC.shrink_factors)}): b0 volumes to the first b0, diffusion-weighted volumes to "
-                  f"their shell's mean (targets rebuilt {DEFAULT_HMC.refinements} time(s)), each shell's mean "
-                  "registered to the b0 mean; the reference is the mean of the corrected b0 volumes")
+        method = describe(DEFAULT_HMC)
         sidecar = confounds_sidecar(i.fd_threshold, found.parameters, method)
         name = os.path.basename(i.in_dwi)
         if sidecar["VolumesAboveThreshold"]:
