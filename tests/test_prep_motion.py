@@ -197,3 +197,15 @@ def test_per_volume_transforms_resample_each_volume_once_and_rotate_its_bvec(tmp
     world_in = fsl_to_world(g, affine)
     np.testing.assert_allclose(world_out[0], world_in[0], atol=1e-6)
     np.testing.assert_allclose(world_out[1], world[:3, :3].T @ world_in[1], atol=1e-5)  # R^T g
+
+
+def test_fine_grids_are_registered_on_a_coarser_pyramid():
+    """A 2 mm (or finer) series is registered with its finest level at about 4 mm: as accurate on a 2 mm
+    phantom and several times faster (prep/hmc.py); grids of 2.5 mm and coarser keep their native grid."""
+    from bids_phydiff.prep.hmc import DEFAULT_HMC, HmcConfig
+
+    assert DEFAULT_HMC.pyramid(2.0)[0] == (4, 2) and DEFAULT_HMC.pyramid(1.0)[0] == (8, 4)
+    assert DEFAULT_HMC.pyramid(1.25)[0] == (6, 3)
+    assert DEFAULT_HMC.pyramid(2.5)[0] == DEFAULT_HMC.pyramid(3.0)[0] == DEFAULT_HMC.shrink_factors == (2, 1)
+    assert HmcConfig(finest_mm=0).pyramid(1.0)[0] == (2, 1)
+    assert DEFAULT_HMC.pyramid(1.0)[1] == DEFAULT_HMC.smoothing_sigmas  # sigmas in native voxels, unscaled
