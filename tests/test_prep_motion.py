@@ -146,7 +146,9 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     bvecs = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1], [0.6, 0.8, 0]], dtype=float)
     write_fsl(GradientTable(bvals, bvecs), tmp_path / "dwi.bval", tmp_path / "dwi.bvec")
     mask = write_brain_mask(base, tmp_path / "mask.nii.gz")
-    found = estimate_motion(dwi, tmp_path / "dwi.bval", mask, tmp_path / "hmc", config=HmcConfig(anchor="registration"))
+    # a 24-voxel blob: its native 2 mm grid, not the 4 mm pyramid that suits a brain-sized 2 mm series
+    config = HmcConfig(anchor="registration", finest_mm=0)
+    found = estimate_motion(dwi, tmp_path / "dwi.bval", mask, tmp_path / "hmc", config=config)
     assert len(found.transforms) == 6 and all(p.is_file() for p in found.transforms)
     assert found.fd[0] == 0 and found.parameters.shape == (6, 6)
     np.testing.assert_allclose(found.parameters[:, :3], truth[:, :3], atol=0.25)
@@ -155,7 +157,7 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     # as "from the clock"); in a child process, whose ITK starts with one thread (this one's may not)
     code = ("import sys; from bids_phydiff.prep.hmc import HmcConfig, estimate_motion; "
             "p = estimate_motion(*sys.argv[1:4], sys.argv[4], threads=1, seed=0, "
-            "config=HmcConfig(anchor='registration')).parameters; print(p.tobytes().hex())")
+            "config=HmcConfig(anchor='registration', finest_mm=0)).parameters; print(p.tobytes().hex())")
     again = [subprocess.run([sys.executable, "-c", code, str(dwi), str(tmp_path / "dwi.bval"), str(mask),
                              str(tmp_path / f"hmc-seed0-{k}")], capture_output=True, text=True, check=True).stdout
              for k in range(2)]

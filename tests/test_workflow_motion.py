@@ -88,6 +88,7 @@ def test_confounds_and_sidecar_describe_every_column(runs):
     assert all(meta[c]["Units"] in ("mm", "rad") and meta[c]["Description"] for c in columns)
     above = [int(v) for v in np.flatnonzero(columns[FD_COLUMN] > 2.0)]
     assert meta["VolumesAboveThreshold"] == above and meta["FramewiseDisplacementThreshold"] == 2.0
+    assert "b0 volumes' positions interpolated" in meta["Method"]  # the anchor this run used (the default)
     assert above, "3 mm / 3 degree motion gives some volumes above 2 mm FD"
     assert f"volume(s) {above}" in runs["logs"]["rigid"]  # listed in the log, not dropped
     assert nib.load(_dwi(runs, "rigid") / f"{STEM}.nii.gz").shape[3] == 2 + 15

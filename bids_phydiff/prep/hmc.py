@@ -7,13 +7,14 @@ look too different at high b for a direct registration to be reliable:
   is a blurred double image that pulls every registration towards the middle);
 * the diffusion-weighted volumes of one shell to the mean of that shell.
 
-The first targets are means of volumes at different head positions, blurred. ``HmcConfig.refinements``
-(1 by default) rebuilds each target from the registered volumes, leaving the volume out, and registers
-again from the first estimate at the pyramid's finest level only. A shell's mean lies where the head was on average during that shell, not where the
-b0 frame lies: the anchor (``HmcConfig.anchor``) places it from the b0 volumes' own positions, interpolated
-in acquisition order over the shell's volumes (slow drift; with one b0, the b0's position), and that map is
-composed with the volumes' own. Every volume thus gets one rigid map from the b0 frame to itself
-(parameters: :mod:`.motion`); the mean of the corrected b0 volumes is the run's new b0 reference.
+The first targets are means of volumes at different head positions, blurred. ``HmcConfig.refinements`` (1 by
+default) rebuilds each target from the registered volumes, leaving the volume out, and registers again from
+the first estimate at the pyramid's finest level only. A shell's mean lies where the head was on average
+during that shell, not where the b0 frame lies: the anchor (``HmcConfig.anchor``) places it from the b0
+volumes' own positions, interpolated in acquisition order over the shell's volumes (slow drift; with one b0,
+the b0's position), and that map is composed with the volumes' own. Every volume thus gets one rigid map from
+the b0 frame to itself (parameters: :mod:`.motion`); the mean of the corrected b0 volumes is the run's new b0
+reference.
 
 Why not register each shell's mean to the b0 mean (``anchor="registration"``, mutual information)? On the
 real scans it is biased: on all five sub-toshiba acquisitions (differently tilted slice stacks, b = 1500)
@@ -117,17 +118,17 @@ log = logging.getLogger(__name__)
 class HmcConfig:
     """Settings of the per-volume rigid registrations (``ants.registration(type_of_transform="Rigid")``).
 
-    ``shrink_factors``/``smoothing_sigmas`` (voxels)/``iterations``: the pyramid, coarse to fine (motion is
-    a few mm, so no coarse levels are needed), for grids of ``finest_mm`` / 2 or coarser; on a finer grid
-    the shrink factors are multiplied by ``floor(finest_mm / voxel)`` (:meth:`pyramid`), so that a 2 mm
-    series is registered on a 4 mm grid (0: always on the native grid); ``sampling``: fraction of voxels in the Mattes mutual
-    information (``bins`` bins); ``refinements``: how many times each target is rebuilt from the registered
-    volumes and registered to again; ``mask_dilation``: voxels added around the brain mask that limits
-    the metric on the target (the head moves, so the mask must be generous); ``anchor``: where each shell's
-    mean lies relative to the b0 frame: ``"b0-drift"`` = the head positions of the b0 volumes interpolated
-    linearly in acquisition order to the shell's volumes and averaged (one b0: the b0's own position; no
-    cross-contrast registration), ``"registration"`` = the shell mean registered to the b0 mean (mutual
-    information).
+    ``shrink_factors``/``smoothing_sigmas`` (voxels)/``iterations``: the pyramid, coarse to fine (motion is a
+    few mm, so no coarse levels are needed), for grids coarser than ``finest_mm`` / 2; on a grid that fine or
+    finer the shrink factors are multiplied by ``floor(finest_mm / voxel)`` (:meth:`pyramid`), so that a 2 mm
+    series is registered on a 4 mm grid (0: always on the native grid); ``sampling``: fraction of voxels in
+    the Mattes mutual information (``bins`` bins); ``refinements``: how many times each target is rebuilt from
+    the registered volumes and registered to again; ``mask_dilation``: voxels added around the brain mask that
+    limits the metric on the target (the head moves, so the mask must be generous); ``anchor``: where each
+    shell's mean lies relative to the b0 frame: ``"b0-drift"`` = the head positions of the b0 volumes
+    interpolated linearly in acquisition order to the shell's volumes and averaged (one b0: the b0's own
+    position; no cross-contrast registration), ``"registration"`` = the shell mean registered to the b0 mean
+    (mutual information).
     """
 
     shrink_factors: tuple[int, ...] = (2, 1)
@@ -157,16 +158,17 @@ DEFAULT_HMC = HmcConfig()
 
 def describe(config: HmcConfig) -> str:
     """The method in one sentence, for the confounds sidecar."""
-    anchor = ("placed at the b0 volumes' positions interpolated in acquisition order" if config.anchor == "b0-drift"
-              else "registered to the b0 mean")
+    anchor = ("placed at the b0 volumes' positions interpolated in acquisition order"
+              if config.anchor == "b0-drift" else "registered to the b0 mean")
     metric = "Mattes mutual information" if config.metric == "mattes" else f"metric {config.metric}"
-    grid = (f"shrink factors {list(config.shrink_factors)}, multiplied on grids of {config.finest_mm / 2:g} mm "
-            f"or finer so that the finest level has about {config.finest_mm:g} mm voxels" if config.finest_mm > 0
-            else f"shrink factors {list(config.shrink_factors)}")
-    return (f"one rigid antspyx registration per volume ({metric}, {grid}): b0 volumes to the first b0, diffusion-weighted volumes to their "
-            f"shell's mean (rebuilt from the registered volumes {config.refinements} time(s), each volume then "
-            f"registered again to the mean of the others), each shell's mean {anchor}; the reference is the mean "
-            "of the corrected b0 volumes")
+    grid = f"shrink factors {list(config.shrink_factors)}"
+    if config.finest_mm > 0:
+        grid += (f", multiplied on grids of {config.finest_mm / 2:g} mm or finer so that the finest level has "
+                 f"about {config.finest_mm:g} mm voxels")
+    return (f"one rigid antspyx registration per volume ({metric}, {grid}): b0 volumes to the first b0, "
+            f"diffusion-weighted volumes to their shell's mean (rebuilt from the registered volumes "
+            f"{config.refinements} time(s), each volume then registered again to the mean of the others), each "
+            f"shell's mean {anchor}; the reference is the mean of the corrected b0 volumes")
 
 
 @dataclass(frozen=True)
