@@ -5,11 +5,10 @@ rerun with the same work dir completes.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import signal
-import threading
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,46 +90,46 @@ def test_a_signal_during_prepare_ends_the_run_with_its_exit_code(phantom_2sub, t
         assert not list((out / "logs" / "crash").glob("*"))
 
 
-def _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal: bool) -> list[str]:
+_POOL_REPORT = """
+import logging, os, signal, sys, threading, time
+from bids_phydiff.workflows.execution import SignalGuard
+
+logging.basicConfig(stream=sys.stdout, format="%(name)s: %(message)s")
+SignalGuard.SIGNAL_WAIT_S = 1.0
+
+def before(signum, frame):  # the handler in place before the guard: the command line's
+    print("handed on", signum, flush=True)
+    sys.exit(143)
+
+signal.signal(signal.SIGTERM, before)
+report = threading.Thread(target=logging.getLogger("concurrent.futures").error,
+                          args=("exception calling callback: BrokenProcessPool",))
+with SignalGuard(sys.argv[1]):
+    report.start()
+    time.sleep(0.3)
+    if sys.argv[2] == "signal":
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this
+    report.join()
+"""
+
+
+def _broken_pool_report_then(tmp_path, send_signal: bool) -> subprocess.CompletedProcess:
     """A worker-pool error logged from another thread, and then (0.3 s later) SIGTERM or nothing: the
     order a scheduler's signal to the whole process group can give, workers dying before the main thread
-    runs its handler. Returns the messages that reached the log."""
-    from bids_phydiff.workflows.execution import SignalGuard
-
-    class Handed(Exception):
-        """Raised by the handler in place before the guard: the command line's."""
-
-    def before(signum, frame):
-        raise Handed(signum)
-
-    monkeypatch.setattr(SignalGuard, "SIGNAL_WAIT_S", 1.0)
-    pool_logger = logging.getLogger("concurrent.futures")
-    report = threading.Thread(target=pool_logger.error, args=("exception calling callback: BrokenProcessPool",))
-    previous = signal.signal(signal.SIGTERM, before)
-    guard = SignalGuard(tmp_path)
-    try:
-        with caplog.at_level(logging.INFO), pytest.raises(Handed) if send_signal else contextlib.nullcontext():
-            with guard:
-                report.start()
-                time.sleep(0.3)
-                if send_signal:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                    time.sleep(5)  # the handler interrupts this
-                report.join()
-        report.join()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        for name in SignalGuard.QUIET_AFTER:
-            logging.getLogger(name).removeFilter(guard._quiet)
-    return [r.getMessage() for r in caplog.records if r.name == "concurrent.futures"]
+    runs its handler. In a child process, whose descendants the guard may stop, not this one's."""
+    return subprocess.run([sys.executable, "-c", _POOL_REPORT, str(tmp_path), "signal" if send_signal else "none"],
+                          capture_output=True, text=True, timeout=60)
 
 
-def test_a_broken_pool_reported_just_before_the_signal_is_handled_stays_out_of_the_log(tmp_path, monkeypatch,
-                                                                                          caplog):
-    assert _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal=True) == []
+def test_a_broken_pool_reported_just_before_the_signal_is_handled_stays_out_of_the_log(tmp_path):
+    proc = _broken_pool_report_then(tmp_path, send_signal=True)
+    assert proc.returncode == 143 and "handed on 15" in proc.stdout, proc.stdout + proc.stderr
+    assert "BrokenProcessPool" not in proc.stdout + proc.stderr
 
 
-def test_a_broken_pool_without_a_signal_is_reported(tmp_path, monkeypatch, caplog):
+def test_a_broken_pool_without_a_signal_is_reported(tmp_path):
     """A worker killed for memory breaks the pool too: that one is news and must reach the log."""
-    messages = _broken_pool_report_then(tmp_path, monkeypatch, caplog, send_signal=False)
-    assert messages == ["exception calling callback: BrokenProcessPool"]
+    proc = _broken_pool_report_then(tmp_path, send_signal=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "concurrent.futures: exception calling callback: BrokenProcessPool" in proc.stdout

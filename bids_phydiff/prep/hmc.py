@@ -292,15 +292,14 @@ def estimate_motion(
 
         def align(index, target, label):
             """Register the volumes of ``index`` to ``target``, then to the mean of the others, ``refinements``
-            times; returns the final mean (``target`` frame)."""
-            for rnd in range(config.refinements + 1):
+            times (a lone volume has no others); returns the final mean (``target`` frame)."""
+            for rnd in range(config.refinements + 1 if index.size > 1 else 1):
                 for i in index:
                     worlds[i] = register(target, volumes[i], f"vol-{i:04d}") if rnd == 0 else \
                         register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i])
                 data = corrected(index)
                 total = data.sum(axis=0)
-                loo = {i: (total - data[k]) / max(index.size - 1, 1) if index.size > 1 else data[k]
-                       for k, i in enumerate(index)}
+                loo = {i: (total - data[k]) / (index.size - 1) for k, i in enumerate(index)} if index.size > 1 else {}
             log.info("%s: %d %s volume(s) registered", Path(dwi_path).name, index.size, label)
             return total / index.size
 
