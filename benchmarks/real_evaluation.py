@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs-per-subject", type=int, default=None,
                         help="use only each subject's first N DWI runs (default: all)")
+    parser.add_argument("--hmc", choices=("rigid", "none"), default="rigid",
+                        help="head-motion correction at prepare (default rigid, the app's default)")
     parser.add_argument("--smoke", action="store_true",
                         help="the test's scale: one run per subject, a 4-step tiny model, DDIM 2")
     args = parser.parse_args(argv)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         train_config, steps, args.steps = str(root / "train-smoke.yml"), 4, 2
     start = time.monotonic()
 
-    _run(app + ["participant", *common], env)  # prepare (skips runs already prepared)
+    _run(app + ["participant", *common, "--hmc", args.hmc], env)  # prepare (skips runs already prepared)
     folds = {}
     for subject in held:
         others = [s for s in labels if s != subject]

@@ -1,5 +1,7 @@
 """The real-data evaluation command (benchmarks/real_evaluation.py) end to end at smoke scale on the shared
-real scans (skipped without ../shared): prepare, leave-one-subject-out training, synthesis and the tables."""
+real scans (skipped without ../shared): prepare, leave-one-subject-out training, synthesis and the tables.
+Prepared without motion correction, which tests/test_workflow_real.py runs on the same scans (it would be
+about half of this test's time)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def test_the_real_data_evaluation_runs_end_to_end_at_smoke_scale(real_bids, shar
     root = tmp_path / "real"
     env = dict(os.environ, TEMPLATEFLOW_HOME=str(shared_templateflow), TMPDIR=str(tmp_path))
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "real_evaluation.py"), str(root), "--data",
-                           str(real_bids), "--smoke", "--nprocs", "2"],
+                           str(real_bids), "--smoke", "--nprocs", "2", "--hmc", "none"],
                           env=env, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (root / "real_evaluation.md").read_text()
