@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from bids_phydiff.errors import UsageError
 from bids_phydiff.model.phydiff import PhyDiff
 from bids_phydiff.prep.adc import adc_atlas_from_files
 from bids_phydiff.train.checkpoint import STATE_FILE, TENSORS_FILE, list_checkpoints, load_checkpoint
@@ -83,6 +84,14 @@ def test_checkpoints_are_safetensors_and_json_not_pickles(data, tmp_path):
     # a different config refuses to resume
     with pytest.raises(Exception, match="another training config"):
         _trainer(data, tmp_path, CONFIG.replace(lr=1e-3)).run(resume=True)
+    # so does an optimiser state with one parameter group for everything (before weight decay was split)
+    record = json.loads((found[-1] / STATE_FILE).read_text())
+    groups = record["optimizer"]["param_groups"]
+    assert len(groups) == 2
+    groups[:] = [{**groups[0], "params": sorted(i for g in groups for i in g["params"])}]
+    (found[-1] / STATE_FILE).write_text(json.dumps(record))
+    with pytest.raises(UsageError, match=f"{found[-1].name}.*parameter groups.*without --resume"):
+        _trainer(data, tmp_path, CONFIG.replace(checkpoint_every=2, max_steps=4, adapter_steps=2)).run(resume=True)
 
 
 def test_adapter_stage_leaves_backbone_bit_identical(data, tmp_path):

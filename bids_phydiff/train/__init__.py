@@ -2,7 +2,8 @@
 
 - :mod:`.config`: ``TrainConfig``, presets, ``load_train_config``
 - :mod:`.dataset`, :mod:`.normalise`: samples; :mod:`.batches`: per-step randomness
-- :mod:`.loop`: ``Trainer`` (two stages, AdamW, EMA, validation); :mod:`.lr`, :mod:`.ema`
+- :mod:`.loop`: ``Trainer`` (two stages, EMA, validation); :mod:`.optimizer` (AdamW, weight decay on weight
+  matrices only), :mod:`.lr`, :mod:`.ema`
 - :mod:`.distributed`: torchrun / DDP; :mod:`.checkpoint`: safetensors + JSON checkpoints
 - :mod:`.run`: ``train_bundle`` (the group level's entry point); :mod:`.history`: training.tsv and the curve
 """

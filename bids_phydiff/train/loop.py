@@ -1,4 +1,4 @@
-"""The training loop: two stages, AdamW, warm-up + cosine learning rate, EMA, validation, checkpoints.
+"""The training loop: two stages, AdamW (:mod:`.optimizer`), warm-up + cosine learning rate, EMA, validation, checkpoints.
 
 Stage 1 (``backbone``, steps ``0 .. max_steps - 1``) trains the conditioning and the HDiT backbone with
 the model's loss (:meth:`PhyDiff.loss`, per its objective: x0, noise, v or regression) under the
@@ -40,6 +40,7 @@ from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, load_c
 from .config import TrainConfig
 from .ema import EMA
 from .lr import learning_rate
+from .optimizer import build_optimizer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -154,10 +155,8 @@ class Trainer:
     def _setup_stage(self, stage: str) -> None:
         """Freeze / unfreeze for ``stage`` and build its optimiser and (DDP) wrapper."""
         params = self.model.trainable_parameters(stage)
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.config.lr, betas=self.config.betas, eps=self.config.eps,
-            weight_decay=self.config.weight_decay,
-        )
+        self.optimizer = build_optimizer(self.model, params, self.config.lr, self.config.betas, self.config.eps,
+                                         self.config.weight_decay, self.device)
         self.wrapped = None  # drop a previous DDP wrapper before wrapping again
         self.wrapped = ddp.wrap(_LossModule(self.model), self.world, self.device)
         self.stage = stage
@@ -186,7 +185,11 @@ class Trainer:
         self.ema.module.load_state_dict(checkpoint.module_state("ema"))
         self.ema.updates = int(state["ema_updates"])
         self._setup_stage(state["stage"])
-        self.optimizer.load_state_dict(checkpoint.optimizer_state())
+        try:
+            self.optimizer.load_state_dict(checkpoint.optimizer_state())
+        except ValueError as exc:  # parameter groups of another layout (an older version of the app)
+            raise UsageError(f"{checkpoint.path}: its optimiser state does not fit this version's parameter "
+                             f"groups ({exc}); start without --resume") from None
         self.history = [dict(row) for row in state.get("history", [])]
         LOGGER.info("resumed from %s at step %d (%s stage)", checkpoint.path, checkpoint.step, self.stage)
         return checkpoint.step
