@@ -14,6 +14,7 @@ GLOBAL batch (samples per step summed over all processes); ``lr`` the peak learn
 ``warmup_steps`` of linear warm-up, then cosine decay to ``lr * min_lr_fraction`` at the stage's last
 step (each stage has its own warm-up and decay); ``val_every`` / ``checkpoint_every`` in steps (0 = only
 at the end); ``val_samples`` how many held-out slices the validation loss averages over.
+``weight_decay``: AdamW's decoupled decay, applied to weight matrices only (:mod:`.optimizer`).
 ``context_shells``: for a model with a context (``model.context`` ``dti``/``sh4``, issue 19), the acquired
 shells (b in s/mm^2) a sample may take its context from; None = every acquired shell of each run. A run
 without any of them is refused at training (exit 65).
