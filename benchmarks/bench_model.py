@@ -5,8 +5,8 @@ Run: ``python benchmarks/bench_model.py [--device cpu|cuda] [--threads N] [--pre
 ``benchmarks/results/model.json`` (``--output`` to change).
 
 1. Attention, kernel 7, B=4, 4 heads, head dim 32, at 16x16, 32x32 and 64x64 tokens: forward and
-   forward+backward time of the dense masked SDPA reference, the torch backend (blocked/halo) and natten
-   (when importable; NATTEN runs forward only on CPU).
+   forward+backward time of the dense masked SDPA reference, the torch backend (blocked/halo), flex (on CUDA)
+   and natten (when importable; NATTEN runs forward only on CPU).
 2. Backbone training step (forward, backward, AdamW) per preset: time, samples/s, FLOPs of forward +
    backward counted by ``torch.utils.flop_counter`` (executed matmul FLOPs, halo work included), achieved
    GFLOP/s, and the fraction of a matrix-multiply peak measured in the same run with the same threads
@@ -87,6 +87,10 @@ def attention_methods(device: torch.device) -> dict:
         methods["natten" + ("" if att.natten_fused_available() else " (Flex)")] = (
             lambda q, k, v: att.natten_neighborhood_attention(q, k, v, 7)
         )
+    if device.type == "cuda":  # on the CPU torch compiles FlexAttention's forward only
+        from bids_phydiff.model.flex_attention import flex_neighborhood_attention
+
+        methods["flex (compiled, cached block mask)"] = lambda q, k, v: flex_neighborhood_attention(q, k, v, 7)
     return methods
 
 

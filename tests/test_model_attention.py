@@ -174,3 +174,41 @@ def test_torch_backend_on_cuda_matches_dense_reference(shape):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         low = att.blocked_neighborhood_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 7)
     assert low.dtype == torch.bfloat16 and torch.allclose(low.float(), ref[0], atol=5e-2)
+
+
+# ------------------------------------------------------------------------------------ flex backend
+
+
+@pytest.mark.slow  # one torch.compile per grid shape, ~15 s each on 2 cores
+@pytest.mark.parametrize("shape,kernel", [((9, 12), 5), ((5, 12), 7)])  # the second: an axis under the kernel
+def test_flex_backend_forward_matches_dense_reference_and_builds_its_mask_once_per_grid(shape, kernel, caplog):
+    from bids_phydiff.model import flex_attention as flex
+
+    q, k, v = _qkv(shape, heads=2, d=16, seed=kernel)
+    module = att.NeighborhoodAttention(kernel, backend="flex")
+    att.reset_backend_cache()  # so that the backend choice is logged again
+    before = flex.block_mask.cache_info()
+    with caplog.at_level("WARNING", logger=att.__name__), torch.no_grad():
+        out = module(q, k, v, scale=0.7)
+        again = module(q * 2, k, v, scale=0.7)
+    ref = att.dense_neighborhood_attention(q, k, v, kernel, 0.7)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=0), (out - ref).abs().max().item()
+    assert torch.allclose(again, att.dense_neighborhood_attention(q * 2, k, v, kernel, 0.7), atol=1e-5, rtol=0)
+    after = flex.block_mask.cache_info()
+    assert after.misses - before.misses <= 1 and after.hits - before.hits >= 1  # one mask per grid, reused
+    assert [r.getMessage() for r in caplog.records if "backend 'flex'" in r.getMessage()] == [
+        "neighborhood attention on cpu: backend 'flex' (requested; FlexAttention on the CPU runs forward only, "
+        "training needs backend='torch')"]  # the CPU's limit is said, once
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("shape", [(16, 16), (21, 19)])
+def test_flex_backend_on_cuda_matches_dense_reference_with_gradients(shape):
+    from bids_phydiff.model.flex_attention import flex_neighborhood_attention
+
+    q, k, v = (x.cuda() for x in _qkv(shape, heads=2, d=32, seed=9))
+    upstream = torch.randn_like(q)
+    ref = _grads(lambda a, b, c: att.dense_neighborhood_attention(a, b, c, 7), q, k, v, upstream)
+    got = _grads(lambda a, b, c: flex_neighborhood_attention(a, b, c, 7), q, k, v, upstream)
+    for name, r, g in zip(("out", "dq", "dk", "dv"), ref, got):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4), (name, (g - r).abs().max().item())

@@ -16,6 +16,9 @@ Backends behind :class:`NeighborhoodAttention`:
 - ``"natten"``: ``natten.na2d``, imported lazily. Chosen by ``"auto"`` on CUDA when libnatten (the fused
   kernels) is present; otherwise ``"auto"`` uses ``"torch"``. Asking for ``"natten"`` when natten cannot
   be imported raises. NATTEN's CPU (Flex) backend runs forward only.
+- ``"flex"``: torch's FlexAttention, compiled, with a block mask cached per grid (:mod:`.flex_attention`).
+  Only when asked for: for CUDA without libnatten; on the CPU it runs forward only. ``"auto"`` does not
+  choose it until its speed on a GPU has been measured against the halo path (docs/benchmarks.md).
 
 :func:`dense_neighborhood_attention` (SDPA with a dense HW x HW mask) is the reference the backends are
 tested and benchmarked against.
@@ -32,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import BACKENDS
+
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "natten"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "natten")
 
 _natten_module = None  # cached module, or False once an import failed
 _logged_choices: set[tuple[str, str, str]] = set()
@@ -266,7 +269,7 @@ def reset_backend_cache() -> None:
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
-    """Map ``"auto" | "torch" | "natten"`` to the backend that will run on ``device``; logs the choice once."""
+    """Map ``"auto" | "torch" | "natten" | "flex"`` to the backend that will run on ``device``; logs the choice once."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown neighborhood-attention backend {requested!r}; choose from {BACKENDS}")
     if requested == "natten":
@@ -280,8 +283,10 @@ def resolve_backend(requested: str, device: torch.device) -> str:
             why = "requested; NATTEN's CPU (Flex) backend runs forward only, training needs backend='torch'"
         elif not natten_fused_available():
             why = "requested; natten has no libnatten here, so it runs its unfused Flex backend"
-    elif requested == "torch":
-        chosen, why = "torch", "requested"
+    elif requested in ("torch", "flex"):
+        chosen, why = requested, "requested"
+        if requested == "flex" and device.type == "cpu":
+            why = "requested; FlexAttention on the CPU runs forward only, training needs backend='torch'"
     elif device.type == "cuda" and natten_fused_available():
         chosen, why = "natten", "auto: CUDA device and libnatten present"
     else:
@@ -324,8 +329,13 @@ class NeighborhoodAttention(nn.Module):
         return f"kernel_size={self.kernel_size}, backend={self.backend!r}"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Tensor:
-        if resolve_backend(self.backend, q.device) == "natten":
+        backend = resolve_backend(self.backend, q.device)
+        if backend == "natten":
             return natten_neighborhood_attention(q, k, v, self.kernel_size, scale)
+        if backend == "flex":
+            from .flex_attention import flex_neighborhood_attention
+
+            return flex_neighborhood_attention(q, k, v, self.kernel_size, scale)
         return blocked_neighborhood_attention(q, k, v, self.kernel_size, scale)
 
 

@@ -86,6 +86,10 @@ def _from_plain(hint: Any, value: Any, where: str) -> Any:
     return value
 
 
+BACKENDS: tuple[str, ...] = ("auto", "torch", "natten", "flex")
+"""Neighborhood-attention backends (:mod:`.attention`)."""
+
+
 @dataclass(frozen=True)
 class LevelConfig(JsonConfig):
     """One level of the hourglass. The last level of :class:`HDiTConfig` is the bottom (middle) level.
@@ -120,7 +124,7 @@ class HDiTConfig(JsonConfig):
     :attr:`PhyDiffConfig.context`) concatenated; output (B, out_channels, H, W) = what
     :attr:`PhyDiffConfig.objective` names (the clean slice x0 for the presets, the noise, v, or the target
     slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
-    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten"``. ``refine_channels``: hidden
+    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten" | "flex"`` (:mod:`.attention`). ``refine_channels``: hidden
     channels of the full-resolution output refiner after the patch split (:class:`~.hdit.OutputRefiner`);
     0 = none, the paper's model (and what a bundle without the key means). ``unpatch``: how the last tokens
     become pixels: ``"linear"`` = one linear map per token to its ``patch x patch`` block (the paper's, and
@@ -152,8 +156,8 @@ class HDiTConfig(JsonConfig):
             raise ValueError(f"patch_size, in_channels and out_channels must be positive: {self}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.backend not in ("auto", "torch", "natten"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'natten', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
 
     @property
     def size_multiple(self) -> int:
