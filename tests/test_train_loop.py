@@ -114,3 +114,25 @@ def test_adapter_stage_leaves_backbone_bit_identical(data, tmp_path):
     assert changed > 0
     vals = [r["val_loss"] for r in result.history if r["stage"] == "adapter" and not math.isnan(r["val_loss"])]
     assert len(vals) == 2
+
+
+@pytest.mark.slow  # one torch.compile of the tiny model's step on the CPU (about a minute on 2 cores)
+def test_a_compiled_training_step_trains_as_the_eager_one(data):
+    train, val, model_config = data
+    config = CONFIG.replace(max_steps=2, adapter_steps=0, val_every=0)
+
+    def run(config):
+        torch.manual_seed(config.seed)
+        return Trainer(PhyDiff(model_config), config, train, val, torch.device("cpu"), checkpoint_folder=None,
+                       train_adapter=False, progress=False).run()
+
+    from torch._dynamo.utils import counters
+
+    eager = run(config)
+    graphs = counters["stats"]["unique_graphs"]
+    compiled = run(config.replace(compile=True))
+    assert counters["stats"]["unique_graphs"] > graphs  # the step did go through torch.compile
+    assert [r["step"] for r in compiled.history] == [r["step"] for r in eager.history]
+    for c, e in zip(compiled.history[1:], eager.history[1:]):
+        assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-4, abs=1e-6)
+    assert _max_diff(compiled.model.state_dict(), eager.model.state_dict()) <= 1e-4

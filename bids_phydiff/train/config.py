@@ -15,6 +15,9 @@ GLOBAL batch (samples per step summed over all processes); ``lr`` the peak learn
 step (each stage has its own warm-up and decay); ``val_every`` / ``checkpoint_every`` in steps (0 = only
 at the end); ``val_samples`` how many held-out slices the validation loss averages over.
 ``weight_decay``: AdamW's decoupled decay, applied to weight matrices only (:mod:`.optimizer`).
+``compile``: run the training step's forward and backward through ``torch.compile`` (one compilation per
+stage, paid at the first step: on 2 CPU cores about a minute for the tiny preset, whose step it then makes
+about 1.7x faster; validation and sampling stay eager).
 ``context_shells``: for a model with a context (``model.context`` ``dti``/``sh4``, issue 19), the acquired
 shells (b in s/mm^2) a sample may take its context from; None = every acquired shell of each run. A run
 without any of them is refused at training (exit 65).
@@ -59,6 +62,7 @@ class TrainConfig:
     adapter_steps: int = 100
     num_workers: int = 0
     bf16: bool = True
+    compile: bool = False
     context_shells: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -105,6 +109,7 @@ class TrainConfig:
              f"must be an integer >= 0, got {self.adapter_steps!r}"),
             (_is_int(self.num_workers) and self.num_workers >= 0, "num_workers", f"must be an integer >= 0, got {self.num_workers!r}"),
             (isinstance(self.bf16, bool), "bf16", f"must be true or false, got {self.bf16!r}"),
+            (isinstance(self.compile, bool), "compile", f"must be true or false, got {self.compile!r}"),
             (self.context_shells is None or _model_context(model) != "none", "context_shells",
              "needs a model with a context (model.context dti or sh4); this model has none"),
         ]

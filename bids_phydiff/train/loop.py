@@ -159,6 +159,8 @@ class Trainer:
                                          self.config.weight_decay, self.device)
         self.wrapped = None  # drop a previous DDP wrapper before wrapping again
         self.wrapped = ddp.wrap(_LossModule(self.model), self.world, self.device)
+        if self.config.compile:  # around DDP, so that its bucketed all-reduce overlaps the compiled backward
+            self.wrapped = torch.compile(self.wrapped)
         self.stage = stage
         LOGGER.info("stage %s: %d trainable parameters", stage, sum(p.numel() for p in params))
 
