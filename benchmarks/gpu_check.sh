@@ -8,7 +8,7 @@
 # folder first). Steps, each under its own time limit so the whole stays inside 8 minutes:
 #   env        torch / CUDA / GPU / natten (libnatten?) versions
 #   tests      the CUDA tests of the model (attention backends against the dense reference with gradients,
-#              bf16, the device rules)
+#              bf16, the device rules) and of the synthesis' automatic batch (needs nibabel: .whl/)
 #   attention  bench_model.py: attention op at 32x32 and 64x64 tokens (dense, masked, halo, flex, natten),
 #              and the paper preset's training step at 256x256, batch 32, bf16, eager
 #   compile    the small preset's step eager and with torch.compile, recompilations logged (TORCH_LOGS=recompiles)
@@ -49,8 +49,13 @@ except Exception as exc:
     print("natten not importable:", exc)
 '
 [ "$failed" -eq 0 ] || { echo "no usable CUDA device: nothing else run"; exit 1; }
-step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_model_attention.py \
-    tests/test_model_device.py tests/test_model_phydiff.py -k "cuda or flex or bf16"
+tests=(tests/test_model_attention.py tests/test_model_device.py tests/test_model_phydiff.py)
+if "$PY" -c "import nibabel, scipy" 2> /dev/null; then
+    tests+=(tests/test_synth_volume.py)  # the synthesis' automatic GPU batch
+else
+    echo "nibabel or scipy missing (put their wheels into .whl/): tests/test_synth_volume.py not run"
+fi
+step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs "${tests[@]}" -k "cuda or flex or bf16"
 step attention 150 "$PY" benchmarks/bench_model.py --device cuda --precision bf16 --presets paper \
     --batch paper=32 --sizes 32,64 --attention-batch 16 --repeats 5 --output "$RESULTS/gpu_model.json"
 # the small preset: compiling the whole paper model's step did not finish within 10 minutes (docs/benchmarks.md)

@@ -71,7 +71,8 @@ class SynthOptions:
     eta: float = SAMPLER_ETA
     strength: float = SAMPLER_STRENGTH
     samples: int = 1
-    batch_size: int = 16
+    batch_size: int | None = None
+    """items per model call; None = automatic (:mod:`bids_phydiff.synth.batching`)"""
     output_space: str = "template"
 
 

@@ -189,3 +189,41 @@ def test_sample_seeds_are_distinct_and_stable():
     seeds = {sample_seed(0, z, n, k) for z in range(4) for n in range(4) for k in range(3)}
     assert len(seeds) == 48
     assert sample_seed(7, 1, 2, 3) == sample_seed(7, 1, 2, 3) != sample_seed(8, 1, 2, 3)
+
+
+def test_the_batch_for_memory_fills_the_given_fraction_and_stays_within_the_items():
+    from bids_phydiff.synth.batching import batch_for_memory
+
+    mib = 2**20
+    assert batch_for_memory(1000 * mib, 10 * mib, items=10_000, fraction=0.5) == 50
+    assert batch_for_memory(1000 * mib, 10 * mib, items=30, fraction=0.5) == 30  # no more than there are items
+    assert batch_for_memory(5 * mib, 10 * mib, items=30, fraction=0.5) == 1  # at least one
+    assert batch_for_memory(1e12, 1.0, items=10**6, cap=2048) == 2048
+
+
+def test_automatic_batch_on_the_cpu_is_the_fixed_one_and_gives_the_same_synthesis(model, subject, scheme, caplog):
+    from bids_phydiff.synth.batching import CPU_BATCH, auto_batch_size
+
+    def probe(n):
+        raise AssertionError("no probe on the CPU")
+
+    assert auto_batch_size(torch.device("cpu"), 1000, probe) == CPU_BATCH
+    assert auto_batch_size(torch.device("cpu"), 5, probe) == 5
+    with caplog.at_level("INFO", logger="bids_phydiff.synth.volume"):
+        auto = _run(model, subject, scheme, seed=2, batch_size=None).mean
+    fixed = _run(model, subject, scheme, seed=2, batch_size=CPU_BATCH).mean
+    np.testing.assert_array_equal(auto, fixed)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("15 items, ddim 3 steps, batch 15," in m for m in messages)  # all 15 items, under CPU_BATCH
+    assert any(m.startswith("synthesised 3 volume(s) in") and "volumes/s" in m for m in messages)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_automatic_batch_on_cuda_is_measured_and_gives_the_same_synthesis(model, subject, scheme):
+    from bids_phydiff.synth.batching import PROBE_ITEMS
+
+    cuda_model = _randomise(PhyDiff(preset("tiny"))).cuda()
+    cuda_model.load_state_dict(model.state_dict())
+    auto = _run(cuda_model, subject, scheme, seed=2, batch_size=None).mean
+    fixed = _run(cuda_model, subject, scheme, seed=2, batch_size=PROBE_ITEMS).mean
+    assert np.abs(auto - fixed).max() < 5e-5 * np.abs(fixed).max()

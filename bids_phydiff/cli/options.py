@@ -244,7 +244,7 @@ def synth_options(args: argparse.Namespace) -> SynthOptions:
         eta=args.eta if args.eta is not None else defaults.eta,
         strength=args.strength if args.strength is not None else defaults.strength,
         samples=args.samples or defaults.samples,
-        batch_size=args.batch_size or defaults.batch_size,
+        batch_size=args.batch_size,
         output_space=args.output_space or defaults.output_space,
     )
 

@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", type=Path, metavar="DIR", help="a trained model bundle: synthesise DWI with it")
     model.add_argument("--batch-size", dest="batch_size", type=_positive_int,
                        help="group: slices per training step (global, over all GPUs); participant: slices per "
-                            "sampling batch")
+                            "model call, of any volumes (default: 16 on the CPU, on a GPU as many as fit into "
+                            "half its free memory)")
 
     train = parser.add_argument_group("group level: training")
     for flag, kwargs in TRAIN_OPTIONS:

@@ -112,7 +112,7 @@ def load_subject(run: "PreparedRun", with_dwi: bool = True) -> SubjectData:
 
 
 def synthesise_run(loaded: LoadedBundle, subject: SubjectData, scheme: TargetScheme, sampler: SamplerConfig, *,
-                   seed: int, batch_size: int = 16, samples: int = 1, progress: bool = True
+                   seed: int, batch_size: int | None = None, samples: int = 1, progress: bool = True
                    ) -> tuple[Synthesis, float]:
     """Synthesise ``scheme`` for ``subject`` from its b0 reference with ``loaded``'s model and atlases.
 

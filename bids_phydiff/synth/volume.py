@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -40,6 +41,7 @@ from ..model.sampling import SamplerConfig, make_generator
 from ..model.schedule import interpolate_adc
 from ..train.dataset import SliceGrid
 from ..train.normalise import Normaliser
+from .batching import auto_batch_size
 from .scheme import TargetScheme, check_shell_range
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ def _as_scheme(scheme) -> TargetScheme:
     return TargetScheme(bvals, bvecs, "arrays")
 
 
+def _rate(items_done: int, per_volume: int, started: float) -> float:
+    """Volumes per second so far."""
+    return items_done / per_volume / max(time.perf_counter() - started, 1e-9)
+
+
 def _model_device(model: PhyDiff) -> torch.device:
     return next(model.parameters()).device
 
@@ -84,7 +91,7 @@ def synthesise(
     sampler: SamplerConfig = SamplerConfig(),
     *,
     samples: int = 1,
-    batch_size: int = 32,
+    batch_size: int | None = 32,
     seed: int = 0,
     device: str | torch.device | None = None,
     tracts: np.ndarray | None = None,
@@ -102,7 +109,8 @@ def synthesise(
     without the physics term (``schedule.gap == 0``). ``grid``: the padded slice grid (default: the
     model's multiple, :func:`.grid.slice_grid`). ``sampler``: method (``ddpm``/``ddim``), steps, eta, start
     (``sdedit`` from the noised b0 with ``strength``, or ``noise``); its own progress bar is switched off.
-    ``samples``: K draws per target. ``batch_size``: (slice, target, sample) items per model call.
+    ``samples``: K draws per target. ``batch_size``: (slice, target, sample) items per model call, of any
+    volumes (None: :func:`.batching.auto_batch_size`).
     ``seed``: see the module docstring. ``device``: None = where the model is (else the model is moved
     there). A regression-objective model (``config.objective == "regression"``) ignores ``sampler`` and
     ``seed`` and predicts each slice in one forward pass. ``tracts`` ``(X, Y, Z, C)`` tract probabilities for the XTRACT adapter (optional).
@@ -118,7 +126,7 @@ def synthesise(
         raise ValueError(f"mask {mask.shape} and b0 {b0.shape} differ in shape")
     if not np.all(np.isfinite(b0[mask])):
         raise ValueError("the b0 has NaN or Inf values inside the mask")
-    if samples < 1 or batch_size < 1:
+    if samples < 1 or (batch_size is not None and batch_size < 1):
         raise ValueError(f"samples and batch_size must be >= 1, got {samples}, {batch_size}")
     scheme = _as_scheme(scheme)
     multiple = model.config.backbone.size_multiple
@@ -194,6 +202,30 @@ def synthesise(
     b0_p = grid.pad(norm.forward(b0).transpose(2, 0, 1), -1.0)  # (Z, H, W) in [-1, 1]
     b_clamped = np.clip(scheme.bvals, shells[0], shells[-1]) if shells.size else scheme.bvals
     positions = grid.position(np.arange(Z))
+    def sample_items(batch: list[tuple[int, int, int]], how: SamplerConfig) -> torch.Tensor:
+        """One model call on ``batch``'s items: ``(B, 1, H, W)`` normalised samples."""
+        zs = [z for z, _, _ in batch]
+        ns = [n for _, n, _ in batch]
+        b0_t = torch.from_numpy(b0_p[zs][:, None].copy()).to(dev)
+        bval = torch.tensor(scheme.bvals[ns], dtype=torch.float32, device=dev)
+        bvec = torch.tensor(scheme.bvecs[ns], dtype=torch.float32, device=dev)
+        pos = torch.tensor(positions[zs], dtype=torch.float32, device=dev)
+        adc = None
+        if atlas is not None:
+            cache: dict[tuple[int, int], np.ndarray] = {}
+            for z, n in zip(zs, ns):
+                if (z, n) not in cache:
+                    cache[(z, n)] = interpolate_adc(atlas[:, z], shells, float(b_clamped[n]))
+            adc = torch.from_numpy(np.stack([cache[(z, n)] for z, n in zip(zs, ns)])[:, None]).to(dev)
+        cond = None if tracts_p is None else torch.from_numpy(tracts_p[:, zs].transpose(1, 0, 2, 3).copy()).to(dev)
+        generators = [make_generator(sample_seed(seed, z, n, k), dev) for z, n, k in batch]
+        ctx = None if context_p is None else torch.from_numpy(context_p[zs]).to(dev)
+        return model.sample(b0_t, bval, bvec, pos, adc, cond, sampler=how, generator=generators,
+                            precision=precision, context=ctx)
+
+    if batch_size is None:  # the memory of one call does not depend on the number of steps
+        probe = dataclasses.replace(inner, method="ddim", steps=1)
+        batch_size = auto_batch_size(dev, len(items), lambda n: sample_items(items[:n], probe))
     log.info(
         "synthesising %d target(s) (%d sampled) on %d slice(s) x %d sample(s): %d items, %s %s steps, "
         "batch %d, seed %d, on %s (b0 scale %.6g)",
@@ -202,30 +234,13 @@ def synthesise(
     )
 
     pending: dict[tuple[int, int], list[np.ndarray]] = {}
+    per_volume = len(slices) * samples  # items of one synthesised volume
+    started = time.perf_counter()
     bar = tqdm(total=len(items), desc="synthesis", unit="slice", disable=None if progress is None else not progress)
     try:
         for start in range(0, len(items), batch_size):
             batch = items[start : start + batch_size]
-            zs = [z for z, _, _ in batch]
-            ns = [n for _, n, _ in batch]
-            b0_t = torch.from_numpy(b0_p[zs][:, None].copy()).to(dev)
-            bval = torch.tensor(scheme.bvals[ns], dtype=torch.float32, device=dev)
-            bvec = torch.tensor(scheme.bvecs[ns], dtype=torch.float32, device=dev)
-            pos = torch.tensor(positions[zs], dtype=torch.float32, device=dev)
-            adc = None
-            if atlas is not None:
-                cache: dict[tuple[int, int], np.ndarray] = {}
-                for z, n in zip(zs, ns):
-                    if (z, n) not in cache:
-                        cache[(z, n)] = interpolate_adc(atlas[:, z], shells, float(b_clamped[n]))
-                adc = torch.from_numpy(np.stack([cache[(z, n)] for z, n in zip(zs, ns)])[:, None]).to(dev)
-            cond = None if tracts_p is None else torch.from_numpy(tracts_p[:, zs].transpose(1, 0, 2, 3).copy()).to(dev)
-            generators = [make_generator(sample_seed(seed, z, n, k), dev) for z, n, k in batch]
-            ctx = None if context_p is None else torch.from_numpy(context_p[zs]).to(dev)
-            out = model.sample(
-                b0_t, bval, bvec, pos, adc, cond, sampler=inner, generator=generators, precision=precision,
-                context=ctx,
-            )
+            out = sample_items(batch, inner)
             images = grid.crop(norm.inverse(out[:, 0].detach().to("cpu", torch.float64).numpy()))  # (B, X, Y)
             for (z, n, _), image in zip(batch, images):
                 image = np.clip(np.where(mask[:, :, z], image, 0.0), 0.0, None)
@@ -238,8 +253,11 @@ def synthesise(
                         std[:, :, z, n] = stack.std(axis=0, ddof=1)
                     del pending[(z, n)]
             bar.update(len(batch))
+            bar.set_postfix_str(f"{_rate(start + len(batch), per_volume, started):.3g} volumes/s", refresh=False)
     finally:
         bar.close()
+    log.info("synthesised %d volume(s) in %.1f s (%.3g volumes/s)", dw.size, time.perf_counter() - started,
+             _rate(len(items), per_volume, started))
     if not np.all(np.isfinite(mean)):
         log.warning("the synthesis has non-finite values; the model may be untrained or diverged")
     return Synthesis(mean, std)
