@@ -65,6 +65,13 @@ RUN --mount=type=secret,id=pip_ca --mount=type=bind,source=docker/with_pip_ca.sh
         sh /tmp/with_pip_ca.sh pip wheel --no-cache-dir --no-build-isolation --no-deps "natten==${NATTEN_VERSION}" --wheel-dir /wheels \
  && tag="torch$(echo "${TORCH_VERSION}" | tr -d .)${TORCH_CUDA}" \
  && ls /wheels/natten-${NATTEN_VERSION}+${tag}-*.whl
+# the wheel must hold libnatten, the fused kernels (natten installs a Flex-only package silently otherwise).
+# No GPU driver here: the CUDA toolkit's stub stands in for libcuda.so.1 so that the extension can load.
+RUN pip install --no-cache-dir --no-deps /wheels/natten-*.whl \
+ && mkdir -p /tmp/cuda-stub && ln -s /usr/local/cuda/lib64/stubs/libcuda.so /tmp/cuda-stub/libcuda.so.1 \
+ && LD_LIBRARY_PATH=/tmp/cuda-stub:${LD_LIBRARY_PATH:-} python -c "import natten; \
+print('natten', natten.__version__, 'HAS_LIBNATTEN', natten.HAS_LIBNATTEN); assert natten.HAS_LIBNATTEN" \
+ && rm -rf /tmp/cuda-stub
 
 # the CPU image installs no natten: an empty wheel folder
 FROM ${CPU_BASE_IMAGE} AS natten-cpu
@@ -186,9 +193,10 @@ RUN test "$(bids_phydiff --version)" = "bids_phydiff ${VERSION}" \
  && if [ "${VARIANT}" = cpu ]; then \
         python -c "import torch; assert torch.version.cuda is None"; \
     else \
-        python -c "import torch, natten; from importlib.metadata import version; \
+        python -c "import torch, natten, importlib.util; from importlib.metadata import version; \
 v = version('natten'); print('natten', v, 'libnatten', natten.HAS_LIBNATTEN); \
-assert v.startswith('${NATTEN_VERSION}+torch') and v.endswith('${TORCH_CUDA}'), v"; \
+assert v.startswith('${NATTEN_VERSION}+torch') and v.endswith('${TORCH_CUDA}'), v; \
+assert importlib.util.find_spec('natten.libnatten') is not None, 'the natten package has no libnatten'"; \
     fi
 
 ENTRYPOINT ["/opt/bids_phydiff/run.py"]

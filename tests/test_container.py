@@ -263,6 +263,8 @@ def test_gpu_variant_builds_natten_in_a_devel_stage_for_the_runtime_cuda():
     build = " ".join(_runs(wheels))
     assert "--no-build-isolation" in build and "natten==${NATTEN_VERSION}" in build
     assert "NATTEN_CUDA_ARCH=" in build
+    # the built wheel is loaded in that stage (the CUDA stub for the driver) and must hold libnatten
+    assert "LD_LIBRARY_PATH=/tmp/cuda-stub" in build and "assert natten.HAS_LIBNATTEN" in build
     # torch in the builder comes from the same index as in the runtime stage
     index_args = {i["value"].split("=", 1)[0]: i["value"].split("=", 1)[1]
                   for name in (wheels, chain[0]) for i in stages[name][1]
@@ -302,6 +304,7 @@ def test_build_time_smoke_test_runs_as_the_app_user():
     text = " ".join(smoke)
     assert "bids_phydiff --version" in text and "fetch_templates.py --check" in text
     assert "import torch, natten" in text
+    assert "find_spec('natten.libnatten') is not None" in text  # the GPU image ships the fused kernels
 
 
 def test_templates_are_fetched_at_build_time_into_templateflow_home():
