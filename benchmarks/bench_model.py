@@ -4,13 +4,16 @@ Run: ``python benchmarks/bench_model.py [--device cpu|cuda] [--threads N] [--pre
 [--precision fp32|bf16] [--compile] [--repeats 5]``. Prints markdown tables and writes
 ``benchmarks/results/model.json`` (``--output`` to change).
 
-1. Attention, kernel 7, B=4, 4 heads, head dim 32, at 16x16, 32x32 and 64x64 tokens: forward and
-   forward+backward time of the dense masked SDPA reference, the torch backend (blocked/halo), flex (on CUDA)
-   and natten (when importable; NATTEN runs forward only on CPU).
+1. Attention, kernel 7, B=4, 4 heads, head dim 32 (``--attention-batch``, ``--heads``, ``--head-dim``), at
+   16x16, 32x32 and 64x64 tokens: forward and forward+backward time of the dense masked SDPA reference, the
+   torch backend (blocked/halo), flex (on CUDA) and natten (when importable; NATTEN runs forward only on CPU),
+   and the TFLOP/s of the exact neighborhood-attention FLOPs.
 2. Backbone training step (forward, backward, AdamW) per preset: time, samples/s, FLOPs of forward +
    backward counted by ``torch.utils.flop_counter`` (executed matmul FLOPs, halo work included), achieved
    GFLOP/s, and the fraction of a matrix-multiply peak measured in the same run with the same threads
    (before and after the benchmarks; the higher of the two).
+3. With ``--synthesis-batch B``: one DDIM-50 (SDEdit 0.8) synthesis call on B slices per preset, and what
+   a 270-volume x 110-slice scheme would take at that rate.
 
 Goals: torch backend >= 2x faster than dense masked SDPA for forward+backward at 64x64 tokens; the
 backbone step >= 40% of the measured matmul peak.
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-from bids_phydiff.model import PRESET_IMAGE_SIZES, DiffusionBatch, PhyDiff, preset, resolve_device
+from bids_phydiff.model import PRESET_IMAGE_SIZES, DiffusionBatch, PhyDiff, SamplerConfig, preset, resolve_device
 from bids_phydiff.model import attention as att
 from bids_phydiff.model.device import autocast
 
@@ -81,6 +84,8 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, repeats: int) -> dict:
 def attention_methods(device: torch.device) -> dict:
     methods = {
         "dense masked SDPA": lambda q, k, v: att.dense_neighborhood_attention(q, k, v, 7),
+        # all tokens, no mask: a fused flash kernel; more FLOPs than NA, the speed such kernels reach
+        "dense SDPA, no mask": lambda q, k, v: att.global_attention(q, k, v),
         "torch backend": lambda q, k, v: att.blocked_neighborhood_attention(q, k, v, 7),
     }
     if att.natten_available():
@@ -94,18 +99,29 @@ def attention_methods(device: torch.device) -> dict:
     return methods
 
 
+def na_flops(batch: int, n: int, heads: int, head_dim: int, kernel: int = 7) -> float:
+    """Exact FLOPs of one forward of 2-D neighborhood attention on an ``n x n`` grid: QK^T and PV, each
+    2 * tokens * k^2 * D per head, with k the kernel (the whole axis where it is shorter). The backward has
+    twice as many (dQ, dK, dV, dP)."""
+    k = min(kernel, n)
+    return 4.0 * batch * heads * n * n * k * k * head_dim
+
+
 def bench_attention(
-    device: torch.device, dtype: torch.dtype, repeats: int, sizes: list[int], batch: int = 4
+    device: torch.device, dtype: torch.dtype, repeats: int, sizes: list[int], batch: int = 4, heads: int = 4,
+    head_dim: int = 32,
 ) -> list[dict]:
     rows = []
     for n in sizes:
         g = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(batch, n, n, 4, 32, generator=g, device=device, dtype=dtype) for _ in range(3))
+        q, k, v = (torch.randn(batch, n, n, heads, head_dim, generator=g, device=device, dtype=dtype)
+                   for _ in range(3))
+        flops = na_flops(batch, n, heads, head_dim)
         dense_fb = None
         for name, fn in attention_methods(device).items():
             slow_natten = name.startswith("natten") and device.type == "cpu"
             reps = 1 if slow_natten else repeats
-            row = {"tokens": f"{n}x{n}", "batch": batch, "method": name}
+            row = {"tokens": f"{n}x{n}", "batch": batch, "heads": heads, "head_dim": head_dim, "method": name}
 
             def forward():
                 with torch.no_grad():
@@ -126,6 +142,9 @@ def bench_attention(
                 row["forward_backward_ms"] = 1e3 * min(_time(forward_backward, device, reps))
             if device.type == "cuda":
                 row["peak_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+            row["na_tflops_forward"] = flops / (row["forward_ms"] * 1e-3) / 1e12
+            if row["forward_backward_ms"]:
+                row["na_tflops_forward_backward"] = 3 * flops / (row["forward_backward_ms"] * 1e-3) / 1e12
             if name == "dense masked SDPA":
                 dense_fb = row["forward_backward_ms"]
             if dense_fb and row["forward_backward_ms"]:
@@ -219,12 +238,48 @@ def bench_step(
     return row
 
 
+# ---------------------------------------------------------------------------------------- synthesis
+
+HCP_VOLUMES, HCP_SLICES = 270, 110
+"""One subject's HCP-like scheme: what the synthesis goal of issue 15 is stated for."""
+
+
+def bench_synthesis(name: str, device: torch.device, precision: str, batch_size: int, steps: int = 50,
+                    strength: float = 0.8) -> dict:
+    """One ``model.sample`` call (DDIM ``steps`` from SDEdit ``strength``) on ``batch_size`` slices at the
+    preset's size, random weights; the time per slice and what a 270-volume x 110-slice scheme would take."""
+    torch.manual_seed(0)
+    model = PhyDiff(preset(name).replace(adapter=None)).to(device).eval()
+    size = PRESET_IMAGE_SIZES[name]
+    batch = make_batch(batch_size, size, device)
+    sampler = SamplerConfig(method="ddim", steps=steps, start="sdedit", strength=strength, progress=False)
+
+    def call():
+        model.sample(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.adc, sampler=sampler, seed=0,
+                     precision=precision)
+
+    start = time.perf_counter()
+    call()  # warm-up (and, on CUDA, the kernels' first launch)
+    _sync(device)
+    first_s = time.perf_counter() - start
+    best = min(_time(call, device, 2, warmup=0))
+    per_slice = best / batch_size
+    scheme_s = per_slice * HCP_VOLUMES * HCP_SLICES
+    row = {"preset": name, "image": f"{size}x{size}", "batch": batch_size, "sampler": f"ddim-{steps} sdedit {strength}",
+           "first_call_s": first_s, "call_s": best, "seconds_per_slice": per_slice,
+           "seconds_per_volume_110_slices": per_slice * HCP_SLICES, "hcp_scheme_s": scheme_s}
+    print(f"  synthesis {name} B={batch_size} {size}x{size}: {best:.2f} s per call, {per_slice * 1e3:.1f} ms per "
+          f"slice, {HCP_VOLUMES} x {HCP_SLICES} scheme {scheme_s / 60:.1f} min", flush=True)
+    return row
+
+
 # ---------------------------------------------------------------------------------------- report
 
 
 def markdown(result: dict) -> str:
     m = result["machine"]
     memory = bool(result["attention"]) and "peak_memory_mib" in result["attention"][0]
+    first = result["attention"][0] if result["attention"] else {}
     lines = [
         f"Machine: {m['device_name']}, {m['threads']} thread(s), torch {m['torch']}, Python {m['python']}; "
         f"load average before/after the run {m['load_average']} / {m['load_average_after']}"
@@ -234,17 +289,20 @@ def markdown(result: dict) -> str:
         f"Matrix-multiply peak ({result['peak']['dtype']}): {result['peak']['gflops']:.1f} GFLOP/s before the "
         f"benchmarks, {m['peak_after_gflops']:.1f} after; '% of peak' uses the higher.",
         "",
-        f"Attention: kernel 7, batch {result['attention'][0]['batch'] if result['attention'] else '-'}, 4 heads, "
-        "head dim 32.",
+        f"Attention: kernel 7, batch {first.get('batch', '-')}, {first.get('heads', '-')} heads, head dim "
+        f"{first.get('head_dim', '-')}; TFLOP/s from the exact neighborhood-attention FLOPs (`na_flops`).",
         "",
-        "| tokens | method | forward ms | forward+backward ms | fwd+bwd speed-up vs dense |" + (" peak MiB |" * memory),
-        "|---|---|---|---|---|" + ("---|" * memory),
+        "| tokens | method | forward ms | forward+backward ms | fwd+bwd speed-up vs dense | NA TFLOP/s fwd / fwd+bwd |"
+        + (" peak MiB |" * memory),
+        "|---|---|---|---|---|---|" + ("---|" * memory),
     ]
     for r in result["attention"]:
         fb = "n/a (no CPU backward)" if r["forward_backward_ms"] is None else f"{r['forward_backward_ms']:.2f}"
         speed = f"{r['speedup_vs_dense_fb']:.2f}x" if r.get("speedup_vs_dense_fb") else "-"
         mem = f" {r['peak_memory_mib']:.0f} |" if "peak_memory_mib" in r else ""
-        lines.append(f"| {r['tokens']} | {r['method']} | {r['forward_ms']:.2f} | {fb} | {speed} |{mem}")
+        tflops = f"{r['na_tflops_forward']:.3g} / " + (f"{r['na_tflops_forward_backward']:.3g}"
+                                                        if r.get("na_tflops_forward_backward") else "-")
+        lines.append(f"| {r['tokens']} | {r['method']} | {r['forward_ms']:.2f} | {fb} | {speed} | {tflops} |{mem}")
     lines += [
         "",
         "| preset | image | batch | params | compiled | step ms | samples/s | GFLOP/step | GFLOP/s | % of peak |",
@@ -256,6 +314,13 @@ def markdown(result: dict) -> str:
             f"{'yes' if r['compiled'] else 'no'} | {r['step_ms']:.1f} | {r['samples_per_s']:.1f} | "
             f"{r['gflop_per_step']:.2f} | {r['achieved_gflops']:.1f} | {100 * r['fraction_of_peak']:.0f}% |"
         )
+    if result.get("synthesis"):
+        lines += ["", "| preset | image | slices per call | sampler | s per call | ms per slice | s per volume "
+                      f"({HCP_SLICES} slices) | {HCP_VOLUMES}-volume scheme, min |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["synthesis"]:
+            lines.append(f"| {r['preset']} | {r['image']} | {r['batch']} | {r['sampler']} | {r['call_s']:.2f} | "
+                         f"{1e3 * r['seconds_per_slice']:.1f} | {r['seconds_per_volume_110_slices']:.2f} | "
+                         f"{r['hcp_scheme_s'] / 60:.1f} |")
     goals = result["goals"]
     lines += [
         "",
@@ -275,6 +340,10 @@ def main() -> None:
     parser.add_argument("--batch", default="", help="batch sizes, e.g. tiny=32,small=16 (default per device)")
     parser.add_argument("--sizes", default="16,32,64", help="attention grid sizes (tokens per side)")
     parser.add_argument("--attention-batch", type=int, default=4)
+    parser.add_argument("--synthesis-batch", type=int, default=0,
+                        help="also time DDIM-50 synthesis of this many slices per preset (default 0: not)")
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+    parser.add_argument("--head-dim", type=int, default=32, help="attention head dimension (default 32)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd training steps")
     parser.add_argument("--repeats", type=int, default=5)
@@ -308,7 +377,7 @@ def main() -> None:
     peak = matmul_peak(device, dtype, args.repeats)
     print(f"  matmul peak {peak['gflops']:.1f} GFLOP/s ({peak['dtype']})", flush=True)
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    attention = bench_attention(device, dtype, args.repeats, sizes, args.attention_batch)
+    attention = bench_attention(device, dtype, args.repeats, sizes, args.attention_batch, args.heads, args.head_dim)
     batches = dict(BATCH_SIZES["cuda" if device.type == "cuda" else "cpu"])
     batches.update({k: int(v) for k, v in (item.split("=") for item in args.batch.split(",") if item)})
     steps = []
@@ -316,6 +385,8 @@ def main() -> None:
         steps.append(bench_step(name, device, args.precision, args.repeats, False, batches[name]))
         if args.compile:
             steps.append(bench_step(name, device, args.precision, args.repeats, True, batches[name]))
+    synthesis = [bench_synthesis(name, device, args.precision, args.synthesis_batch)
+                 for name in [p for p in args.presets.split(",") if p]] if args.synthesis_batch else []
     # the peak again: a machine shared with other work shows it here, and the run is flagged
     peak_after = matmul_peak(device, dtype, args.repeats)
     machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -337,6 +408,7 @@ def main() -> None:
         "peak": peak,
         "attention": attention,
         "steps": steps,
+        "synthesis": synthesis,
         "goals": {
             "attention_speedup_64": speedup,
             "attention_goal_met": speedup >= 2.0,

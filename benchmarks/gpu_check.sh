@@ -9,8 +9,10 @@
 #   env        torch / CUDA / GPU / natten (libnatten?) versions
 #   tests      the CUDA tests of the model (attention backends against the dense reference with gradients,
 #              bf16, the device rules) and of the synthesis' automatic batch (needs nibabel: .whl/)
-#   attention  bench_model.py: attention op at 32x32 and 64x64 tokens (dense, masked, halo, flex, natten),
-#              and the paper preset's training step at 256x256, batch 32, bf16, eager
+#   attention  bench_model.py: attention op [16, n, n, 4, 64], n = 32, 64 (SDPA with and without
+#              the mask, halo, flex, natten),
+#              the paper preset's training step at 256x256, batch 32, bf16, eager, and its DDIM-50 synthesis
+#              of 64 slices per call (seconds per volume; a 270-volume x 110-slice scheme, goal < 5 min)
 #   compile    the small preset's step eager and with torch.compile, recompilations logged (TORCH_LOGS=recompiles)
 # Logs and JSON go to $RESULTS (default benchmarks/results/), named gpu_*; copy the tables into
 # docs/benchmarks.md with the GPU model, the versions and this command.
@@ -57,7 +59,8 @@ else
 fi
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs "${tests[@]}" -k "cuda or flex or bf16"
 step attention 150 "$PY" benchmarks/bench_model.py --device cuda --precision bf16 --presets paper \
-    --batch paper=32 --sizes 32,64 --attention-batch 16 --repeats 5 --output "$RESULTS/gpu_model.json"
+    --batch paper=32 --sizes 32,64 --attention-batch 16 --heads 4 --head-dim 64 --repeats 5 \
+    --synthesis-batch 64 --output "$RESULTS/gpu_model.json"
 # the small preset: compiling the whole paper model's step did not finish within 10 minutes (docs/benchmarks.md)
 TORCH_LOGS=recompiles step compile 180 "$PY" benchmarks/bench_model.py --device cuda --precision bf16 \
     --presets small --batch small=64 --sizes "" --repeats 5 --compile --output "$RESULTS/gpu_model_compile.json"
