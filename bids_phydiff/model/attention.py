@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,6 @@ from torch import Tensor, nn
 from .config import BACKENDS
 
 log = logging.getLogger(__name__)
-
 
 _natten_module = None  # cached module, or False once an import failed
 _logged_choices: set[tuple[str, str, str]] = set()
@@ -269,7 +267,8 @@ def reset_backend_cache() -> None:
 
 
 def resolve_backend(requested: str, device: torch.device) -> str:
-    """Map ``"auto" | "torch" | "natten" | "flex"`` to the backend that will run on ``device``; logs the choice once."""
+    """Map ``"auto" | "torch" | "natten" | "flex"`` (:data:`.config.BACKENDS`) to the backend that will run on
+    ``device``; logs the choice once."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown neighborhood-attention backend {requested!r}; choose from {BACKENDS}")
     if requested == "natten":

@@ -124,9 +124,9 @@ class HDiTConfig(JsonConfig):
     :attr:`PhyDiffConfig.context`) concatenated; output (B, out_channels, H, W) = what
     :attr:`PhyDiffConfig.objective` names (the clean slice x0 for the presets, the noise, v, or the target
     slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
-    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten" | "flex"`` (:mod:`.attention`). ``refine_channels``: hidden
-    channels of the full-resolution output refiner after the patch split (:class:`~.hdit.OutputRefiner`);
-    0 = none, the paper's model (and what a bundle without the key means). ``unpatch``: how the last tokens
+    ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten" | "flex"`` (:mod:`.attention`).
+    ``refine_channels``: hidden channels of the full-resolution output refiner after the patch split
+    (:class:`~.hdit.OutputRefiner`); 0 = none, the paper's model (and what a bundle without the key means). ``unpatch``: how the last tokens
     become pixels: ``"linear"`` = one linear map per token to its ``patch x patch`` block (the paper's, and
     what a bundle without the key means); ``"smooth"`` = each token mapped to a ``2p x 2p`` patch, tent-windowed and
     overlap-added with its neighbours' (:class:`~.hdit.SmoothUnpatch`: a token's level is interpolated

@@ -202,6 +202,7 @@ def synthesise(
     b0_p = grid.pad(norm.forward(b0).transpose(2, 0, 1), -1.0)  # (Z, H, W) in [-1, 1]
     b_clamped = np.clip(scheme.bvals, shells[0], shells[-1]) if shells.size else scheme.bvals
     positions = grid.position(np.arange(Z))
+
     def sample_items(batch: list[tuple[int, int, int]], how: SamplerConfig) -> torch.Tensor:
         """One model call on ``batch``'s items: ``(B, 1, H, W)`` normalised samples."""
         zs = [z for z, _, _ in batch]

@@ -1,4 +1,5 @@
-"""The training loop: two stages, AdamW (:mod:`.optimizer`), warm-up + cosine learning rate, EMA, validation, checkpoints.
+"""The training loop: two stages, AdamW (:mod:`.optimizer`), warm-up + cosine learning rate, EMA, validation,
+checkpoints.
 
 Stage 1 (``backbone``, steps ``0 .. max_steps - 1``) trains the conditioning and the HDiT backbone with
 the model's loss (:meth:`PhyDiff.loss`, per its objective: x0, noise, v or regression) under the
