@@ -316,7 +316,8 @@ def markdown(result: dict) -> str:
         )
     if result.get("synthesis"):
         lines += ["", "| preset | image | slices per call | sampler | s per call | ms per slice | s per volume "
-                      f"({HCP_SLICES} slices) | {HCP_VOLUMES}-volume scheme, min |", "|---|---|---|---|---|---|---|---|"]
+                      f"({HCP_SLICES} slices) | {HCP_VOLUMES}-volume scheme, min |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in result["synthesis"]:
             lines.append(f"| {r['preset']} | {r['image']} | {r['batch']} | {r['sampler']} | {r['call_s']:.2f} | "
                          f"{1e3 * r['seconds_per_slice']:.1f} | {r['seconds_per_volume_110_slices']:.2f} | "

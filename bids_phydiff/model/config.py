@@ -126,12 +126,12 @@ class HDiTConfig(JsonConfig):
     slice of the regression baseline). H and W must be multiples of ``patch_size * 2 ** (len(levels) - 1)``.
     ``backend``: neighborhood-attention backend, ``"auto" | "torch" | "natten" | "flex"`` (:mod:`.attention`).
     ``refine_channels``: hidden channels of the full-resolution output refiner after the patch split
-    (:class:`~.hdit.OutputRefiner`); 0 = none, the paper's model (and what a bundle without the key means). ``unpatch``: how the last tokens
-    become pixels: ``"linear"`` = one linear map per token to its ``patch x patch`` block (the paper's, and
-    what a bundle without the key means); ``"smooth"`` = each token mapped to a ``2p x 2p`` patch, tent-windowed and
-    overlap-added with its neighbours' (:class:`~.hdit.SmoothUnpatch`: a token's level is interpolated
-    bilinearly and no token's output stops at its border; docs/evaluation.md, "Patch seams and blur on real
-    scans").
+    (:class:`~.hdit.OutputRefiner`); 0 = none, the paper's model (and what a bundle without the key means).
+    ``unpatch``: how the last tokens become pixels: ``"linear"`` = one linear map per token to its ``patch x
+    patch`` block (the paper's, and what a bundle without the key means); ``"smooth"`` = each token mapped to a
+    ``2p x 2p`` patch, tent-windowed and overlap-added with its neighbours' (:class:`~.hdit.SmoothUnpatch`: a
+    token's level is interpolated bilinearly and no token's output stops at its border; docs/evaluation.md,
+    "Patch seams and blur on real scans").
     """
 
     levels: tuple[LevelConfig, ...]
