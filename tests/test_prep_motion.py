@@ -164,6 +164,33 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     assert again[0] == again[1] and len(again[0]) > 100
 
 
+def test_a_lone_b0_is_the_reference_as_it_is(tmp_path):
+    """A run with one b0 (common in clinical protocols): the b0 is the frame, so it keeps the identity and the
+    b0 reference is that volume, not a resampled copy (which would change the registration to the template
+    for nothing); the diffusion-weighted volumes are still corrected."""
+    _ants()
+    from bids_phydiff.prep.hmc import HmcConfig, estimate_motion
+    from bids_phydiff.prep.mask import write_brain_mask
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-23.0, -25.0, -21.0]
+    still = _blob()
+    shifted = [0.5 * _blob(centre=(11.0 + dx, 13.5, 10.0)) for dx in (0.0, 0.5, -0.5)]
+    dwi = _write_series(tmp_path / "dwi.nii.gz", [still, *shifted], affine)
+    write_fsl(GradientTable(np.array([0, 1000, 1000, 1000]), np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0],
+                                                                      [0, 0, 1]], dtype=float)),
+              tmp_path / "dwi.bval", tmp_path / "dwi.bvec")
+    base = tmp_path / "still.nii.gz"
+    nib.Nifti1Image(still.astype(np.float32), affine).to_filename(base)
+    mask = write_brain_mask(base, tmp_path / "mask.nii.gz")
+    found = estimate_motion(dwi, tmp_path / "dwi.bval", mask, tmp_path / "hmc", config=HmcConfig(finest_mm=0))
+    assert np.array_equal(found.parameters[0], np.zeros(6)) and found.fd[0] == 0
+    np.testing.assert_array_equal(nib.load(found.b0_reference).get_fdata(), still.astype(np.float32))
+    # the shell's volumes, 1 mm (half a voxel) apart in x, are put back relative to their mean
+    np.testing.assert_allclose(found.parameters[1:, 0] - found.parameters[1:, 0].mean(), [0.0, 1.0, -1.0],
+                               atol=0.2)
+
+
 def test_per_volume_transforms_resample_each_volume_once_and_rotate_its_bvec(tmp_path):
     """Two volumes, the second moved by a known rigid map: resampling through [identity, hmc_i] brings both
     onto the same image, and only the second b-vector turns, by the inverse rotation."""
@@ -203,7 +230,7 @@ def test_per_volume_transforms_resample_each_volume_once_and_rotate_its_bvec(tmp
 
 def test_fine_grids_are_registered_on_a_coarser_pyramid():
     """A 2 mm (or finer) series is registered with its finest level at about 4 mm: as accurate on a 2 mm
-    phantom and several times faster (prep/hmc.py); grids of 2.5 mm and coarser keep their native grid."""
+    phantom and several times faster (docs/motion_correction.md); grids of 2.5 mm and coarser keep their native grid."""
     from bids_phydiff.prep.hmc import DEFAULT_HMC, HmcConfig
 
     assert DEFAULT_HMC.pyramid(2.0)[0] == (4, 2) and DEFAULT_HMC.pyramid(1.0)[0] == (8, 4)

@@ -181,7 +181,7 @@ def test_participant_prepare_with_read_only_input_home_and_no_network(phantom):
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         env.pop(name, None)
     app = [sys.executable, str(REPO / "run.py"), str(bids), str(out), "participant", "-w", str(work),
-           "--template", "Phantom", "--output-resolution", "4", "--nprocs", "1", "--seed", "0"]
+           "--template", "Phantom", "--output-resolution", "4", "--nprocs", "1", "--seed", "0", "--hmc", "none"]
     try:
         proc = subprocess.run(["unshare", "-rnm", "sh", "-c", _INNER, "sh", *app], env=env,
                               capture_output=True, text=True, timeout=900)

@@ -26,8 +26,10 @@ def _default_signals() -> None:
 
 
 def _prepare(phantom, out, work, *extra):
+    """Prepare sub-01 without motion correction (not what these tests are about; it would double the rerun)."""
     return start_app([phantom.bids_dir, out, "participant", "-w", work, "--participant-label", "01",
-                      *PHANTOM_OPTIONS, *extra], phantom.templateflow_home, preexec_fn=_default_signals)
+                      *PHANTOM_OPTIONS, "--hmc", "none", *extra], phantom.templateflow_home,
+                     preexec_fn=_default_signals)
 
 
 def _read_until(proc, text: str, timeout: float = 180) -> list[str]:

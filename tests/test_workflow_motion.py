@@ -71,7 +71,7 @@ def test_recovered_motion_matches_the_truth(runs):
           f"(max {trans.max():.2f}), rotation error median {np.median(rot):.3f} deg (max {rot.max():.2f})")
     assert np.median(trans) < 0.3
     # 0.24 degrees with --seed 0 (deterministic, one thread); 0.21-0.28 over the sampling seeds 0-4 with the
-    # targets refined once (prep/hmc.py), 0.27-0.38 without
+    # targets refined once (docs/motion_correction.md), 0.27-0.38 without
     assert np.median(rot) < 0.3
     # the motion itself is much larger than the errors: the correction did something
     true_rot = np.degrees(np.abs(parameters_of(truth)[:, 3:]).max(axis=1))
