@@ -7,9 +7,13 @@ for every pair of toshiba acquisitions (mean over pairs and worst pair) and for 
 same with the images of one preparation and the b-vectors of the other (which of the two the correction
 changes the agreement through).
 
-    python benchmarks/hmc_real_agreement.py [--bids ../shared/data/real-bids] [--work /tmp/hmc_real]
+    python benchmarks/hmc_real_agreement.py [--bids ../shared/data/real-bids] [--work /tmp/hmc_real] [--seed 0]
 
-Prints a table and writes ``benchmarks/results/hmc_real_agreement.json``. Prepared outputs are reused.
+One ITK thread per process (``--omp-nthreads 1``), so that both preparations register a lone b0 to the
+template alike and a run repeats exactly; the spread over ``--seed`` is the measure of noise.
+
+Prints a table and writes ``benchmarks/results/hmc_real_agreement.json``. Prepared outputs are reused (another
+``--seed`` needs another ``--work``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def main() -> int:
     parser.add_argument("--bids", type=Path, default=SHARED / "data" / "real-bids")
     parser.add_argument("--templateflow", type=Path, default=SHARED / "templateflow")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hmc_real"))
+    parser.add_argument("--seed", type=int, default=0, help="the app's --seed (default 0)")
     opts = parser.parse_args()
 
     sys.path.insert(0, str(REPO / "tests"))
@@ -46,7 +51,8 @@ def main() -> int:
         if not (out / "sub-xa30.html").exists():
             subprocess.run([sys.executable, str(REPO / "run.py"), str(opts.bids), str(out), "participant",
                             "-w", str(opts.work / f"work-{hmc}"), "--participant-label", "toshiba", "xa30",
-                            "--output-resolution", "4", "--nprocs", "2", "--hmc", hmc, "--skip-bids-validation"],
+                            "--output-resolution", "4", "--nprocs", "2", "--omp-nthreads", "1", "--hmc", hmc,
+                            "--seed", str(opts.seed), "--skip-bids-validation"],
                            env=dict(os.environ, TEMPLATEFLOW_HOME=str(opts.templateflow)), check=True)
 
     def run(images: str, bvecs: str, sub: str, entity: str) -> dict:

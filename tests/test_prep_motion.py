@@ -164,6 +164,22 @@ def test_estimate_motion_recovers_known_shifts_and_turns(tmp_path):
     assert again[0] == again[1] and len(again[0]) > 100
 
 
+def test_the_refinement_band_straddles_the_brain_outline():
+    """The diffusion-weighted refinements see one voxel either side of the mask's boundary by default (their
+    interior contrast depends on the gradient direction); the b0 volumes see the whole mask."""
+    from bids_phydiff.prep.hmc import DEFAULT_HMC, HmcConfig, metric_masks
+
+    mask = np.zeros((12, 12, 12), bool)
+    mask[3:9, 3:9, 3:9] = True  # a 6-voxel cube
+    brain, band = metric_masks(mask, DEFAULT_HMC)
+    assert np.array_equal(brain, mask)
+    assert band[2, 5, 5] and band[3, 5, 5] and not band[4, 5, 5] and not band[1, 5, 5]
+    assert band.sum() == (6 ** 3 - 4 ** 3) + 6 * 6 ** 2  # the cube's outer voxel layer, one layer on each face
+    assert np.array_equal(metric_masks(mask, HmcConfig(edge_band=None))[1], mask)
+    with pytest.raises(ValueError, match="edge_band"):
+        HmcConfig(edge_band=(0, 0))
+
+
 def test_a_lone_b0_is_the_reference_as_it_is(tmp_path):
     """A run with one b0 (common in clinical protocols): the b0 is the frame, so it keeps the identity and the
     b0 reference is that volume, not a resampled copy (which would change the registration to the template

@@ -114,6 +114,20 @@ def describe(config: HmcConfig) -> str:
             f"the others{region}; each shell's mean {anchor}; the reference is the mean of the corrected b0 volumes")
 
 
+def metric_masks(mask: np.ndarray, config: HmcConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(brain, band)``: the metric's masks (bool, the shape of ``mask``, a brain mask on the DWI grid) for
+    the b0 volumes and first passes (``mask`` dilated by ``config.mask_dilation``), and for the refinements of
+    the diffusion-weighted volumes (the voxels within ``config.edge_band`` of its boundary; ``brain`` if None)."""
+    from scipy.ndimage import binary_dilation, binary_erosion
+
+    brain = binary_dilation(mask, iterations=config.mask_dilation) if config.mask_dilation else mask
+    if config.edge_band is None:
+        return brain, brain
+    outside, inside = config.edge_band
+    band = binary_dilation(mask, iterations=outside) if outside else mask
+    return brain, band & ~(binary_erosion(mask, iterations=inside) if inside else mask)
+
+
 @dataclass(frozen=True)
 class MotionEstimate:
     """What :func:`estimate_motion` found.
@@ -206,8 +220,6 @@ def estimate_motion(
     docstring). ``mask_path``: a brain mask on the DWI grid (that of the b0 reference). Writes
     ``vol-XXXX_hmc.mat`` per volume and ``b0ref_hmc.nii.gz`` (the mean of the corrected b0 volumes) into
     ``work_dir``."""
-    from scipy.ndimage import binary_dilation, binary_erosion
-
     work_dir = Path(work_dir).absolute()
     scratch = work_dir / "registrations"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -218,21 +230,15 @@ def estimate_motion(
     shell_values = unique_shells(bvals[bvals > b0_threshold])
     nearest = np.abs(bvals[:, None] - shell_values[None, :]).argmin(axis=1) if shell_values.size else bvals * 0
     shells = [np.flatnonzero((nearest == k) & (bvals > b0_threshold)) for k in range(shell_values.size)]
-    mask = np.asarray(load_image(mask_path, ndim=3, what="brain mask").dataobj) > 0
-    outer = binary_dilation(mask, iterations=config.mask_dilation) if config.mask_dilation else mask
-    edge = outer
-    if config.edge_band is not None:
-        outside, inside = config.edge_band
-        edge = binary_dilation(mask, iterations=outside) if outside else mask
-        edge = edge & ~binary_erosion(mask, iterations=inside) if inside else edge & ~mask
+    brain, band = metric_masks(np.asarray(load_image(mask_path, ndim=3, what="brain mask").dataobj) > 0, config)
     worlds = [np.eye(4) for _ in range(bvals.size)]
     with ants_session(work_dir, threads) as ants:
         volumes = ants.ndimage_to_list(ants.image_read(str(dwi_path)).clone("float"))
         reference = volumes[b0_index[0]]
         voxel_mm = float(np.prod(img.header.get_zooms()[:3]) ** (1 / 3))
-        register = _Registrar(ants, config, seed, scratch, reference.new_image_like(outer.astype(np.float32)),
+        register = _Registrar(ants, config, seed, scratch, reference.new_image_like(brain.astype(np.float32)),
                               voxel_mm)
-        dw_mask = reference.new_image_like(edge.astype(np.float32))
+        band_mask = reference.new_image_like(band.astype(np.float32))
         tmp = scratch / "resample.mat"
 
         def corrected(index):
@@ -241,9 +247,9 @@ def estimate_motion(
         def image(data):
             return reference.new_image_like(data.reshape(reference.shape).astype(np.float32))
 
-        def align(index, target, label, mask=None):
+        def align(index, target, label, band=None):
             """Register the volumes of ``index`` to ``target``, then to the mean of the others, ``refinements``
-            times; returns the final mean (``target`` frame). A lone volume is its own target (a run's only b0,
+            times (with the metric on ``band`` if given); returns the final mean (``target`` frame). A lone volume is its own target (a run's only b0,
             a shell of one direction) and keeps the identity: registered to itself it would only pick up the
             metric's sampling noise, and the b0 reference would be resampled for nothing."""
             if index.size == 1:
@@ -251,8 +257,8 @@ def estimate_motion(
             for rnd in range(config.refinements + 1):
                 for i in index:
                     worlds[i] = register(target, volumes[i], f"vol-{i:04d}",
-                                         mask=mask if config.band_first_pass else None) if rnd == 0 else \
-                        register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i], mask=mask)
+                                         mask=band if config.band_first_pass else None) if rnd == 0 else \
+                        register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i], mask=band)
                 data = corrected(index)
                 total = data.sum(axis=0)
                 loo = {i: (total - data[k]) / (index.size - 1) for k, i in enumerate(index)}
@@ -261,7 +267,7 @@ def estimate_motion(
 
         b0_mean = align(b0_index, reference, "b0")
         for shell, index in zip(shell_values, shells):
-            shell_mean = align(index, image(corrected(index).mean(axis=0)), f"b={shell:g}", mask=dw_mask)
+            shell_mean = align(index, image(corrected(index).mean(axis=0)), f"b={shell:g}", band=band_mask)
             # the shell's mean lies where the head was on average during the shell: bring it onto the b0s
             if config.anchor == "registration":
                 anchor = register(image(b0_mean), image(shell_mean), f"anchor-b{shell:g}", metric="mattes")
