@@ -106,7 +106,8 @@ def test_two_participant_runs_share_output_work_and_database_dirs(phantom_2sub, 
         out, db = tmp_path / f"out{attempt}", tmp_path / f"db{attempt}"
         procs = {
             subject: start_app([phantom_2sub.bids_dir, out, "participant", "-w", work, "--bids-database-dir", db,
-                                "--participant-label", subject, *PHANTOM_OPTIONS, "--nprocs", "1", "--hmc", "none"],
+                                "--participant-label", subject, *PHANTOM_OPTIONS, "--nprocs", "1",
+                                "--hmc", "none"],
                                phantom_2sub.templateflow_home)
             for subject in ("01", "02")
         }

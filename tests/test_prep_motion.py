@@ -246,7 +246,8 @@ def test_per_volume_transforms_resample_each_volume_once_and_rotate_its_bvec(tmp
 
 def test_fine_grids_are_registered_on_a_coarser_pyramid():
     """A 2 mm (or finer) series is registered with its finest level at about 4 mm: as accurate on a 2 mm
-    phantom and several times faster (docs/motion_correction.md); grids of 2.5 mm and coarser keep their native grid."""
+    phantom and several times faster (docs/motion_correction.md); grids of 2.5 mm and coarser keep their
+    native grid."""
     from bids_phydiff.prep.hmc import DEFAULT_HMC, HmcConfig
 
     assert DEFAULT_HMC.pyramid(2.0)[0] == (4, 2) and DEFAULT_HMC.pyramid(1.0)[0] == (8, 4)

@@ -124,10 +124,11 @@ def test_motion_correction_keeps_the_toshiba_acquisitions_in_agreement(prepared,
         {acq: _run(uncorrected, "toshiba", f"acq-{acq}") for acq in TOSHIBA}, "rotated", grid))
     mean = {"corrected": np.mean(list(corrected.values())), "uncorrected": np.mean(list(plain.values()))}
     worst = {"corrected": max(corrected.values()), "uncorrected": max(plain.values())}
-    print(f"toshiba pairs, mean / worst median angle: {mean} / {worst}")
-    # measured with --seed 0, 1, 2 (docs/motion_correction.md): +0.03 to +0.06 degrees in the mean, -0.05 to +0.04 in the
-    # worst pair (with the brain mask as the metric's region throughout: +0.13 / +0.19 with seed 0; a lone b0
-    # registered to itself as well: +0.59 / +1.66)
+    print("toshiba pairs, mean / worst median angle:",
+          {k: f"{mean[k]:.2f} / {worst[k]:.2f}" for k in ("corrected", "uncorrected")})
+    # measured with --seed 0, 1, 2 (docs/motion_correction.md): +0.03 to +0.06 degrees in the mean, -0.05 to
+    # +0.04 in the worst pair (with the brain mask as the metric's region throughout: +0.13 / +0.19 with seed
+    # 0; a lone b0 registered to itself as well: +0.59 / +1.66)
     assert mean["corrected"] <= mean["uncorrected"] + 0.15
     assert worst["corrected"] <= worst["uncorrected"] + 0.15
 

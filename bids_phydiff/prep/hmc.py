@@ -249,9 +249,10 @@ def estimate_motion(
 
         def align(index, target, label, band=None):
             """Register the volumes of ``index`` to ``target``, then to the mean of the others, ``refinements``
-            times (with the metric on ``band`` if given); returns the final mean (``target`` frame). A lone volume is its own target (a run's only b0,
-            a shell of one direction) and keeps the identity: registered to itself it would only pick up the
-            metric's sampling noise, and the b0 reference would be resampled for nothing."""
+            times (with the metric on ``band`` if given); returns the final mean (``target`` frame). A lone
+            volume is its own target (a run's only b0, a shell of one direction) and keeps the identity:
+            registered to itself it would only pick up the metric's sampling noise, and the b0 reference would
+            be resampled for nothing."""
             if index.size == 1:
                 return volumes[index[0]].numpy().ravel()
             for rnd in range(config.refinements + 1):
