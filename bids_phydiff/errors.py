@@ -18,6 +18,7 @@ EXIT_EMPTY_SELECTION = 18
 EXIT_USAGE = 64
 EXIT_DATA = 65
 EXIT_NO_INPUT = 66
+EXIT_WORKER_LOST = 71
 EXIT_CANNOT_WRITE = 73
 EXIT_IO = 74
 
@@ -50,6 +51,12 @@ class EmptySelectionError(PhydiffError):
     """Participant, session or entity filters selected nothing (18)."""
 
     exit_code = EXIT_EMPTY_SELECTION
+
+
+class WorkerLostError(PhydiffError):
+    """A worker process died without a result, killed from outside (most often for memory) (71)."""
+
+    exit_code = EXIT_WORKER_LOST
 
 
 class ValidationFailed(PhydiffError):

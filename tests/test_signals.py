@@ -130,8 +130,25 @@ def test_a_broken_pool_reported_just_before_the_signal_is_handled_stays_out_of_t
     assert "BrokenProcessPool" not in proc.stdout + proc.stderr
 
 
-def test_a_broken_pool_without_a_signal_is_reported(tmp_path):
-    """A worker killed for memory breaks the pool too: that one is news and must reach the log."""
-    proc = _broken_pool_report_then(tmp_path, send_signal=False)
-    assert proc.returncode == 0, proc.stderr
-    assert "concurrent.futures: exception calling callback: BrokenProcessPool" in proc.stdout
+def test_a_worker_killed_from_outside_ends_the_run_with_its_own_error(phantom_2sub, tmp_path):
+    """A MultiProc worker killed with no signal to the run (as the OOM killer does) breaks the pool, and Nipype
+    would wait for its result for ever: the run ends at once with exit 71, a message that says what happened
+    and what to do, no worker left behind and no partial output; the rerun completes."""
+    from bids_phydiff.workflows.execution import _children
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    proc = _prepare(phantom_2sub, out, work, "--nprocs", "2")
+    lines = _read_until(proc, "registering")
+    workers = _children(proc.pid)
+    assert workers, "".join(lines)
+    os.kill(workers[0], signal.SIGKILL)
+    rest, _ = proc.communicate(timeout=60)
+    log = "".join(lines) + rest
+    assert proc.returncode == 71, log[-4000:]
+    assert "a worker process died without reporting an error" in log and "--nprocs 1" in log, log[-4000:]
+    assert "Traceback" not in log and "BrokenProcessPool" not in log, log[-4000:]
+    assert _group_gone(proc.pid), "a worker process outlived the run"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name or "desc-preproc_dwi.nii" in p.name]
+    proc = _prepare(phantom_2sub, out, work, "--nprocs", "2")
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-4000:]

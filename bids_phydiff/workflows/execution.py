@@ -9,9 +9,10 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from ..errors import PhydiffError
+from ..errors import PhydiffError, WorkerLostError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
                  plugin: dict | None = None, stop_on_first_crash: bool = False) -> None:
     """Execute ``workflow`` with its cache under ``work_dir``; crash files go to ``crash_dir``.
 
-    Raises :class:`PhydiffError` naming the crash files when nodes fail. A SIGTERM or SIGINT during the
+    Raises :class:`PhydiffError` naming the crash files when nodes fail, :class:`WorkerLostError` (71) at once
+    when a MultiProc worker is killed from outside (an OOM kill). A SIGTERM or SIGINT during the
     run stops it, its worker processes and theirs, and then reaches the handler that was in place before
     (the command line's: exit 143 or 130), whatever Nipype made of it.
     """
@@ -77,9 +79,15 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
     with SignalGuard(crash_dir) as guard:
         try:
             workflow.run(plugin=name, plugin_args={**args, "status_callback": guard.check})
+        except PoolBroken:
+            guard.stop_workers()
+            raise WorkerLostError(_worker_lost(workflow.name, nprocs)) from None
         except RuntimeError as exc:
             if guard.signum is not None:
                 return  # the guard hands the signal on when the block ends
+            if isinstance(exc, BrokenProcessPool):  # Nipype submitted to the pool after a worker died
+                guard.stop_workers()
+                raise WorkerLostError(_worker_lost(workflow.name, nprocs)) from None
             crashes = sorted(set(crash_dir.glob("crash-*")) - before)
             listing = "\n  ".join(str(c) for c in crashes) or "(no crash file written)"
             detail = _first_error(crashes)
@@ -92,6 +100,24 @@ class RunInterrupted(BaseException):
     """Raised in the main process by :class:`SignalGuard` to stop the Nipype run at once."""
 
 
+class PoolBroken(BaseException):
+    """Raised in the main process by :class:`SignalGuard` when a MultiProc worker died without a result:
+    Nipype would wait for it for ever."""
+
+
+def _worker_lost(name: str, nprocs: int) -> str:
+    return (f"workflow {name}: a worker process died without reporting an error, killed from outside "
+            f"(most often by the system or the job scheduler for lack of memory; see the kernel log or the "
+            f"job's accounting). Give the job more memory, or run fewer nodes at once: --nprocs "
+            f"{max(1, nprocs // 2)} (now {nprocs}) or --mem-gb. The work directory keeps what finished; "
+            f"rerun the same command to continue.")
+
+
+def _is_broken_pool(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return isinstance(exc, BrokenProcessPool) or "BrokenProcessPool" in record.getMessage()
+
+
 class SignalGuard:
     """Makes SIGTERM and SIGINT win over Nipype, which turns any exception inside a node into a failed node.
 
@@ -101,6 +127,10 @@ class SignalGuard:
     descendant process is stopped, the crash files of interrupted nodes are removed (an interruption is
     not a bug), and the signal is handed to the handler that was in place before: the command line's
     raises its own exception (exit 143 or 130); a default disposition ends the process.
+
+    A worker that dies with no signal to the run (the kernel's or the scheduler's OOM killer) breaks the
+    pool; Nipype would wait for its result for ever. The pool's report of it, in the pool's manager
+    thread, makes the guard interrupt the main thread with :class:`PoolBroken` instead.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -112,6 +142,8 @@ class SignalGuard:
     def __init__(self, crash_dir: Path):
         self.crash_dir = Path(crash_dir)
         self.signum: int | None = None
+        self.pool_broken = False
+        self._raising_pool_broken = False
         self._pid = os.getpid()
         self._previous: dict[int, object] = {}
         self._started = 0.0
@@ -133,23 +165,48 @@ class SignalGuard:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
+        if self._raising_pool_broken and self.signum is None:
+            self._raising_pool_broken = False
+            raise PoolBroken()
         if self.signum is None:
             self.signum = signum
             raise RunInterrupted(signum)
 
     def _quiet(self, record: logging.LogRecord) -> bool:
+        if self.pool_broken:
+            return False  # the run ends with its own message for it
         if self.signum is None and threading.current_thread() is not threading.main_thread():
             # When a scheduler signals the whole process group, the workers die first and the pool's
             # manager thread reports the broken pool before the main thread has run its handler.
             deadline = time.monotonic() + self.SIGNAL_WAIT_S
             while self.signum is None and time.monotonic() < deadline:
                 time.sleep(0.02)
+            if self.signum is None and _is_broken_pool(record) and self._interrupt_main():
+                return False
         return self.signum is None
 
+    def _interrupt_main(self) -> bool:
+        """Raise :class:`PoolBroken` in the main thread (through this guard's own handler, as a signal
+        would); False where the guard has no handler to do it with."""
+        import _thread
+
+        handled = [s for s in (signal.SIGTERM, signal.SIGINT) if s in self._previous]
+        if not handled:
+            return False
+        self.pool_broken = self._raising_pool_broken = True
+        _thread.interrupt_main(handled[0])
+        return True
+
+    def stop_workers(self) -> None:
+        """Stop every descendant process (after a lost worker: the others may still be running)."""
+        _stop_descendants(self._pid)
+
     def check(self, node=None, status=None) -> None:
-        """Nipype's ``status_callback``: raise again after a signal that a node swallowed."""
+        """Nipype's ``status_callback``: raise again after a signal or a lost worker that a node swallowed."""
         if self.signum is not None and os.getpid() == self._pid:
             raise RunInterrupted(self.signum)
+        if self.pool_broken and os.getpid() == self._pid:
+            raise PoolBroken()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if self.signum is None:
