@@ -168,14 +168,15 @@ def test_real_derivatives_validate_and_nothing_is_left_in_tmp(prepared):
 
 
 def test_mni305_the_papers_template_works(real_bids, shared_templateflow, tmp_path):
-    """One toshiba acquisition prepared into MNI305 (a 1 mm template without res- files, regridded to 4 mm)."""
+    """One toshiba acquisition prepared into MNI305 (a 1 mm template without res- files, regridded to 4 mm;
+    without motion correction, which the other tests here cover)."""
     (tmp_path / "filter.json").write_text('{"dwi": {"acquisition": "ortho"}}')
     env = dict(os.environ, TEMPLATEFLOW_HOME=str(shared_templateflow))
     out = tmp_path / "out"
     proc = subprocess.run(
         [sys.executable, str(REPO / "run.py"), str(real_bids), str(out), "participant", "-w", str(tmp_path / "work"),
          "--participant-label", "toshiba", "--bids-filter-file", str(tmp_path / "filter.json"), "--template",
-         "MNI305", "--output-resolution", "4", "--skip-bids-validation"],
+         "MNI305", "--output-resolution", "4", "--skip-bids-validation", "--hmc", "none"],
         env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     grid = load_template("MNI305", 4.0, home=shared_templateflow)

@@ -1,5 +1,6 @@
 """Run a Nipype workflow the way the run's config asks: plugin, processes, memory, crash files, and
-SIGTERM/SIGINT, which end the run as they do outside Nipype (not as a failed node)."""
+SIGTERM/SIGINT, which end the run as they do outside Nipype (not as a failed node), and a worker killed from
+outside, which ends it at once instead of leaving Nipype waiting."""
 
 from __future__ import annotations
 
