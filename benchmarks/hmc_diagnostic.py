@@ -38,10 +38,9 @@ SETTINGS = {
     "sampling 1.0": {"sampling": 1.0},
     "normalised correlation": {"metric": "GC"},
     "whole brain mask": {"edge_band": None},
-    "band in refinements only": {"band_first_pass": False},
-    "edge band 1 out, 2 in": {"edge_band": (1, 2)},
-    "edge band 2 out, 2 in": {"edge_band": (2, 2)},
-    "edge band 1 out, 3 in": {"edge_band": (1, 3)},
+    "band 1 out, 1 in, every pass": {"band_first_pass": True},
+    "band 1 out, 2 in, every pass": {"edge_band": (1, 2), "band_first_pass": True},
+    "band 2 out, 2 in, every pass": {"edge_band": (2, 2), "band_first_pass": True},
 }
 
 

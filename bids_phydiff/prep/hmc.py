@@ -230,15 +230,14 @@ def estimate_motion(
     shell_values = unique_shells(bvals[bvals > b0_threshold])
     nearest = np.abs(bvals[:, None] - shell_values[None, :]).argmin(axis=1) if shell_values.size else bvals * 0
     shells = [np.flatnonzero((nearest == k) & (bvals > b0_threshold)) for k in range(shell_values.size)]
-    brain, band = metric_masks(np.asarray(load_image(mask_path, ndim=3, what="brain mask").dataobj) > 0, config)
+    masks = metric_masks(np.asarray(load_image(mask_path, ndim=3, what="brain mask").dataobj) > 0, config)
     worlds = [np.eye(4) for _ in range(bvals.size)]
     with ants_session(work_dir, threads) as ants:
         volumes = ants.ndimage_to_list(ants.image_read(str(dwi_path)).clone("float"))
         reference = volumes[b0_index[0]]
         voxel_mm = float(np.prod(img.header.get_zooms()[:3]) ** (1 / 3))
-        register = _Registrar(ants, config, seed, scratch, reference.new_image_like(brain.astype(np.float32)),
-                              voxel_mm)
-        band_mask = reference.new_image_like(band.astype(np.float32))
+        brain_mask, band_mask = (reference.new_image_like(m.astype(np.float32)) for m in masks)
+        register = _Registrar(ants, config, seed, scratch, brain_mask, voxel_mm)
         tmp = scratch / "resample.mat"
 
         def corrected(index):
@@ -247,9 +246,9 @@ def estimate_motion(
         def image(data):
             return reference.new_image_like(data.reshape(reference.shape).astype(np.float32))
 
-        def align(index, target, label, band=None):
+        def align(index, target, label, refine_mask=None):
             """Register the volumes of ``index`` to ``target``, then to the mean of the others, ``refinements``
-            times (with the metric on ``band`` if given); returns the final mean (``target`` frame). A lone
+            times (with the metric on ``refine_mask`` if given); returns the final mean (``target`` frame). A lone
             volume is its own target (a run's only b0, a shell of one direction) and keeps the identity:
             registered to itself it would only pick up the metric's sampling noise, and the b0 reference would
             be resampled for nothing."""
@@ -258,8 +257,8 @@ def estimate_motion(
             for rnd in range(config.refinements + 1):
                 for i in index:
                     worlds[i] = register(target, volumes[i], f"vol-{i:04d}",
-                                         mask=band if config.band_first_pass else None) if rnd == 0 else \
-                        register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i], mask=band)
+                                         mask=refine_mask if config.band_first_pass else None) if rnd == 0 else \
+                        register(image(loo[i]), volumes[i], f"vol-{i:04d}", start=worlds[i], mask=refine_mask)
                 data = corrected(index)
                 total = data.sum(axis=0)
                 loo = {i: (total - data[k]) / (index.size - 1) for k, i in enumerate(index)}
@@ -268,7 +267,7 @@ def estimate_motion(
 
         b0_mean = align(b0_index, reference, "b0")
         for shell, index in zip(shell_values, shells):
-            shell_mean = align(index, image(corrected(index).mean(axis=0)), f"b={shell:g}", band=band_mask)
+            shell_mean = align(index, image(corrected(index).mean(axis=0)), f"b={shell:g}", refine_mask=band_mask)
             # the shell's mean lies where the head was on average during the shell: bring it onto the b0s
             if config.anchor == "registration":
                 anchor = register(image(b0_mean), image(shell_mean), f"anchor-b{shell:g}", metric="mattes")

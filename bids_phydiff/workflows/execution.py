@@ -4,6 +4,7 @@ outside, which ends it at once instead of leaving Nipype waiting."""
 
 from __future__ import annotations
 
+import _thread
 import logging
 import multiprocessing
 import os
@@ -80,13 +81,11 @@ def run_workflow(workflow, work_dir: Path, crash_dir: Path, nprocs: int, mem_gb:
     with SignalGuard(crash_dir) as guard:
         try:
             workflow.run(plugin=name, plugin_args={**args, "status_callback": guard.check})
-        except PoolBroken:
-            guard.stop_workers()
-            raise WorkerLostError(_worker_lost(workflow.name, nprocs)) from None
-        except RuntimeError as exc:
+        except (PoolBroken, RuntimeError) as exc:
             if guard.signum is not None:
                 return  # the guard hands the signal on when the block ends
-            if isinstance(exc, BrokenProcessPool):  # Nipype submitted to the pool after a worker died
+            # BrokenProcessPool: Nipype submitted to the pool after a worker died, before the guard's report
+            if isinstance(exc, (PoolBroken, BrokenProcessPool)):
                 guard.stop_workers()
                 raise WorkerLostError(_worker_lost(workflow.name, nprocs)) from None
             crashes = sorted(set(crash_dir.glob("crash-*")) - before)
@@ -189,8 +188,6 @@ class SignalGuard:
     def _interrupt_main(self) -> bool:
         """Raise :class:`PoolBroken` in the main thread (through this guard's own handler, as a signal
         would); False where the guard has no handler to do it with."""
-        import _thread
-
         handled = [s for s in (signal.SIGTERM, signal.SIGINT) if s in self._previous]
         if not handled:
             return False
