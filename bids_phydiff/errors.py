@@ -7,6 +7,7 @@ arguments gets its code here and a message without a traceback; exit 1 with a tr
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,17 +72,35 @@ class OutputError(PhydiffError):
     exit_code = EXIT_CANNOT_WRITE
 
 
+class StorageError(PhydiffError):
+    """The storage failed under a read or a write: an I/O error, or no space or quota left where the run
+    keeps temporary files (74)."""
+
+    exit_code = EXIT_IO
+
+
+_STORAGE_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
 def from_os_error(exc: OSError, inputs: Iterable[Path], outputs: Iterable[Path]) -> PhydiffError | None:
-    """The error to report for ``exc`` when it concerns a file the user named: one under ``outputs``
-    (folders the run writes) is :class:`OutputError` (73), one under ``inputs`` (folders and files the run
-    reads) :class:`NoInputError` (66); None when the file is neither or unknown (then it is a bug)."""
+    """The error to report for ``exc``, or None when it is a bug (then the run exits 1 with the trace).
+
+    An I/O error (EIO) anywhere is a :class:`StorageError` (74). Otherwise a file under ``outputs`` (folders the
+    run writes) is an :class:`OutputError` (73), one under ``inputs`` (folders and files the run reads) a
+    :class:`NoInputError` (66); a full disk or quota (ENOSPC, EDQUOT) elsewhere, or on a write that names no
+    file, is a :class:`StorageError` (74).
+    """
     inputs, outputs = list(inputs), list(outputs)
-    for name in (exc.filename, exc.filename2):
-        if not name or not isinstance(name, (str, Path)):
-            continue
-        path = Path(name).absolute()
-        reason = exc.strerror or str(exc)
+    names = [Path(n).absolute() for n in (exc.filename, exc.filename2) if n and isinstance(n, (str, Path))]
+    reason = exc.strerror or str(exc)
+    where = str(names[0]) if names else "a write"
+    if exc.errno == errno.EIO:
+        return StorageError(f"{where}: {reason}; the storage failed under the run: check the file system, then rerun")
+    for path in names:
         for roots, error, verb in ((outputs, OutputError, "write"), (inputs, NoInputError, "read")):
             if any(root is not None and (path == root or root in path.parents) for root in roots):
                 return error(f"{path}: cannot {verb} ({reason})")
+    if exc.errno in _STORAGE_FULL:
+        return StorageError(f"{where}: {reason}; free space (the work directory, TMPDIR) or raise the quota, "
+                            "then rerun: the work directory keeps what was done")
     return None

@@ -360,3 +360,36 @@ def test_an_os_error_on_a_file_the_user_named_gets_that_files_code(tmp_path):
     assert isinstance(error, NoInputError) and error.exit_code == 66 and "a.bval" in str(error)
     assert from_os_error(elsewhere, [bids], [out]) is None
     assert from_os_error(OSError("no file"), [bids], [out]) is None
+
+
+def _full_disk_write() -> OSError:
+    """The OSError a real write to a full device raises: Linux's /dev/full answers every write with ENOSPC."""
+    try:
+        with open("/dev/full", "wb", buffering=0) as handle:
+            handle.write(b"x")
+    except OSError as exc:
+        return exc
+    raise AssertionError("a write to /dev/full succeeded")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_failing_storage_is_exit_74_with_what_to_do(tmp_path):
+    """A full disk where the run keeps temporary files (TMPDIR; the write names no file) and an I/O error on
+    any file are the storage's failure (74), not a bug (1): the message says what happened and what to do."""
+    import errno
+
+    from bids_phydiff.errors import OutputError, StorageError, from_os_error
+
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    full = _full_disk_write()
+    assert full.errno == errno.ENOSPC
+    error = from_os_error(full, [bids], [out])
+    assert isinstance(error, StorageError) and error.exit_code == 74
+    assert "No space left" in str(error) and "free space" in str(error) and "rerun" in str(error)
+    in_tmp = OSError(errno.EDQUOT, "Disk quota exceeded", "/tmp/tmpabc/x.nii.gz")
+    assert from_os_error(in_tmp, [bids], [out]).exit_code == 74
+    failed = OSError(errno.EIO, "Input/output error", str(bids / "sub-01" / "dwi" / "a.nii.gz"))
+    error = from_os_error(failed, [bids], [out])
+    assert isinstance(error, StorageError) and "a.nii.gz" in str(error) and "file system" in str(error)
+    in_output = OSError(errno.ENOSPC, "No space left on device", str(out / "x.nii.gz"))
+    assert isinstance(from_os_error(in_output, [bids], [out]), OutputError)
