@@ -45,6 +45,10 @@ def test_json_and_yaml_files_on_a_preset(tmp_path):
         ({"model": "medium"}, ["model", "medium"]),
         ({"model": {"backbone": {"levels": []}, "colour": 1}}, ["model", "colour"]),
         ([1, 2], ["object"]),
+        ({"augment_shift": -2}, ["augment_shift", ">= 0"]),
+        ({"augment_flip": "yes"}, ["augment_flip"]),
+        ({"augment_flip": True, "model": PRESETS["tiny"].replace(context="dti").to_dict()},
+         ["augment_flip", "context"]),
     ],
 )
 def test_file_errors_name_file_and_key_and_exit_64(tmp_path, content, words):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -136,3 +137,15 @@ def test_a_compiled_training_step_trains_as_the_eager_one(data):
     for c, e in zip(compiled.history[1:], eager.history[1:]):
         assert c["train_loss"] == pytest.approx(e["train_loss"], rel=1e-4, abs=1e-6)
     assert _max_diff(compiled.model.state_dict(), eager.model.state_dict()) <= 1e-4
+
+
+def test_augmented_training_resumes_exactly_and_trains_on_the_augmented_slices(data, tmp_path):
+    config = dataclasses.replace(CONFIG, augment_flip=True, augment_shift=2)
+    _trainer(data, tmp_path / "a", config).run(stop_at=3)
+    resumed = _trainer(data, tmp_path / "a", config).run(resume=True)
+    straight = _trainer(data, tmp_path / "b", config).run()
+    assert _max_diff(resumed.model.state_dict(), straight.model.state_dict()) <= 1e-6
+    plain = _trainer(data, tmp_path / "c").run()
+    assert _max_diff(plain.model.state_dict(), straight.model.state_dict()) > 1e-4
+    # the adapter stage is not augmented: from the same backbone it takes the same steps
+    assert [r["train_loss"] for r in straight.history if r["stage"] == "adapter"] != []

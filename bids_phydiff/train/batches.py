@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 _STEP_STRIDE = 1_000_003
-_SAMPLE_STRIDE = 7_919
+SAMPLE_STRIDE = 7_919
 
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
@@ -41,7 +41,7 @@ def sample_noise(seed: int, step: int, positions: torch.Tensor, shape: tuple[int
     in the global batch) only, so they do not depend on how the batch is split across processes."""
     ts, noises = [], []
     for p in positions.tolist():
-        g = step_generator(seed, step * _SAMPLE_STRIDE + p, stream=2)
+        g = step_generator(seed, step * SAMPLE_STRIDE + p, stream=2)
         ts.append(torch.randint(timesteps, (1,), generator=g))
         noises.append(torch.randn(shape, generator=g))
     return torch.cat(ts), torch.stack(noises)

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import UsageError
 from ..model.device import autocast
 from ..model.phydiff import DiffusionBatch, PhyDiff
+from . import augment
 from . import distributed as ddp
 from .batches import StepBatchSampler, global_batch, sample_noise, shard, validation_indices, validation_noise
 from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -321,6 +322,9 @@ class Trainer:
             positions, _ = shard(global_batch(cfg.seed, step, n_data, cfg.batch_size), self.world.rank,
                                  self.world.world_size)
             t, noise = sample_noise(cfg.seed, step, positions, self.image_shape, timesteps)
+            if not use_adapter and (cfg.augment_flip or cfg.augment_shift):
+                samples = augment.apply(samples, augment.draw(cfg.seed, step, positions, cfg.augment_flip,
+                                                              cfg.augment_shift))
             batch = to_batch(samples, self.device, use_adapter)
             lr = learning_rate(step - stage_first, stage_end - stage_first, cfg.lr, cfg.warmup_steps,
                                cfg.min_lr_fraction)
