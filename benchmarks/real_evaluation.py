@@ -12,7 +12,8 @@
    PSNR/SSIM/NRMSE, seam and sharpness, DTI in FA > 0.3, figures (``ROOT/eval/sub-S/``);
 4. ``ROOT/real_evaluation.md``: every fold's tables and figures on one page.
 
-Rerunning reuses the prepared subjects and trained bundles that are there. ``--smoke`` is the test's scale
+Rerunning reuses the prepared subjects and trained bundles that are there (the preparation
+only with the same ``--nprocs``: its cached steps depend on the thread count). ``--smoke`` is the test's scale
 (4 mm, one run per subject, a few training steps, DDIM 2): it checks that the chain runs, not what it
 measures.
 """
