@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_phydiff.prep.gradients import B0_THRESHOLD
+
 RESULTS = Path(__file__).resolve().parent / "results"
 PREDICTORS = ("own run", "population", "b0 x population", "b0")
 
@@ -40,7 +42,7 @@ def _fit(prediction: np.ndarray, acquired: np.ndarray, mask: np.ndarray) -> np.n
 
 def _nearest(subject, b: float, g: np.ndarray) -> int:
     """The index of ``subject``'s diffusion-weighted volume at the b-value nearest ``b``, nearest ``+-g``."""
-    weighted = np.flatnonzero(subject.bvals > 100)
+    weighted = np.flatnonzero(subject.bvals > B0_THRESHOLD)
     gap = np.abs(subject.bvals[weighted] - b)
     candidates = weighted[gap == gap.min()]
     return int(candidates[np.argmax(np.abs(subject.bvecs[candidates] @ g))])
@@ -50,7 +52,7 @@ def run_scores(subject, others) -> dict[str, float]:
     """Mean sharpness of each predictor over ``subject``'s diffusion-weighted volumes."""
     from bids_phydiff.eval.fidelity import sharpness_score
 
-    weighted = np.flatnonzero(subject.bvals > 100)
+    weighted = np.flatnonzero(subject.bvals > B0_THRESHOLD)
     mask, scores = subject.mask, {name: [] for name in PREDICTORS}
     for k in weighted:
         acquired = subject.dwi[..., k]
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|" + "---|" * len(PREDICTORS))
     for label, subject in sorted(subjects.items()):
         scores = run_scores(subject, [s for other, s in subjects.items() if other != label])
-        shells = "/".join(f"{b:g}" for b in sorted(set(np.round(subject.bvals[subject.bvals > 100], -2))))
+        shells = "/".join(f"{b:g}" for b in sorted(set(np.round(subject.bvals[subject.bvals > B0_THRESHOLD], -2))))
         rows.append({"subject": label, "run": subject.run.prefix, "shells": shells, **scores})
         print(f"| {label} ({subject.run.prefix}) | {shells} | " + " | ".join(f"{scores[n]:.3f}" for n in PREDICTORS)
               + " |", flush=True)

@@ -139,13 +139,19 @@ def test_a_compiled_training_step_trains_as_the_eager_one(data):
     assert _max_diff(compiled.model.state_dict(), eager.model.state_dict()) <= 1e-4
 
 
-def test_augmented_training_resumes_exactly_and_trains_on_the_augmented_slices(data, tmp_path):
+def test_augmented_training_resumes_exactly_and_trains_on_the_augmented_slices(data, tmp_path, monkeypatch):
+    from bids_phydiff.train import augment
+
     config = dataclasses.replace(CONFIG, augment_flip=True, augment_shift=2)
+    augmented = []
+    real_apply = augment.apply
+    monkeypatch.setattr(augment, "apply", lambda samples, draw: augmented.append(draw) or real_apply(samples, draw))
     _trainer(data, tmp_path / "a", config).run(stop_at=3)
     resumed = _trainer(data, tmp_path / "a", config).run(resume=True)
     straight = _trainer(data, tmp_path / "b", config).run()
     assert _max_diff(resumed.model.state_dict(), straight.model.state_dict()) <= 1e-6
     plain = _trainer(data, tmp_path / "c").run()
     assert _max_diff(plain.model.state_dict(), straight.model.state_dict()) > 1e-4
-    # the adapter stage is not augmented: from the same backbone it takes the same steps
-    assert [r["train_loss"] for r in straight.history if r["stage"] == "adapter"] != []
+    # every backbone step is augmented (3 + 1 resumed, then 4 straight), no adapter step, no plain step
+    assert len(augmented) == 2 * config.max_steps
+    assert any(draw.flip.any() for draw in augmented) and any(draw.shift.any() for draw in augmented)

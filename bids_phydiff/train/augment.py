@@ -10,7 +10,8 @@ Slices are ``(C, H, W)`` with H the template's first axis (x: left-right in the 
 flips H and negates the b-vector's first component (FSL convention of the template grid: the voxel axes),
 which is the mirrored gradient's direction. Shifts are whole pixels, filled with the background of each
 channel (-1 for the normalised images, 0 for the rest). Only the backbone stage is augmented: the tract
-condition of the adapter stage has left and right tracts in separate channels, which a mirror would swap.
+condition of the adapter stage has left and right tracts in separate channels, which a mirror would swap. The
+backbone stage does not use that condition, so an augmented batch leaves it out.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = ["Augmentation", "draw", "apply"]
 _AUGMENT_STREAM = 5
 _IMAGE_FILL = {"target": -1.0, "b0": -1.0}
 """Background of the normalised images; every other image channel (mask, ADC, context) is 0 outside."""
-_IMAGES = ("target", "b0", "mask", "adc", "tracts", "context")
+_IMAGES = ("target", "b0", "mask", "adc", "context")
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,9 @@ def _shift(image: torch.Tensor, dx: int, dy: int, fill: float) -> torch.Tensor:
 
 
 def apply(samples: dict[str, torch.Tensor], augmentation: Augmentation) -> dict[str, torch.Tensor]:
-    """A collated batch (``(B, C, H, W)`` images, ``bvec`` (B, 3)) with each sample mirrored and shifted."""
-    out = dict(samples)
+    """A collated batch (``(B, C, H, W)`` images, ``bvec`` (B, 3)) with each sample mirrored and shifted,
+    without the tract condition (module docstring)."""
+    out = {key: value for key, value in samples.items() if key != "tracts"}
     flip, shift = augmentation.flip, augmentation.shift
     if not flip.any() and not shift.any():
         return out
