@@ -57,6 +57,7 @@ VARIANTS = {
     "x0": lambda cfg: cfg.replace(objective="x0", x0_skip=False),
     "linear": _backbone(unpatch="linear"),
     "smooth": _backbone(unpatch="smooth"),
+    "cubic": _backbone(unpatch="cubic"),
     "x0_skip": _linear(lambda cfg: cfg.replace(objective="x0", x0_skip=True)),
     "v": _linear(lambda cfg: cfg.replace(objective="v", x0_skip=False)),
     "eps": _linear(lambda cfg: cfg.replace(objective="eps", x0_skip=False)),
@@ -117,13 +118,13 @@ def _volume(x: torch.Tensor) -> np.ndarray:
 
 
 def scores(pred: torch.Tensor, batch, patch: int) -> dict[str, float]:
-    from bids_phydiff.eval.fidelity import PatchGrid, seam_score, sharpness_score
+    from bids_phydiff.eval.fidelity import PatchGrid, gradient_profile, seam_score, sharpness_score
 
     p, a, m = _volume(pred), _volume(batch["target"]), _volume(batch["mask"]) > 0
     mse = float(((p - a) ** 2)[m].mean())
     return {"mse": mse, "psnr": float(10 * np.log10(4.0 / mse)),
             "seam": seam_score(p, a, PatchGrid(patch), m), "seam2": seam_score(p, a, PatchGrid(2 * patch), m),
-            "sharpness": sharpness_score(p, a, m)}
+            "sharpness": sharpness_score(p, a, m), "profile": gradient_profile(p, PatchGrid(patch), m).tolist()}
 
 
 @torch.no_grad()
@@ -205,14 +206,16 @@ def main(argv=None) -> int:
     train_runs = find_prepared(args.output_dir, args.train, res=args.res)
     test_runs = find_prepared(args.output_dir, args.test, res=args.res)
     results, figures, mask = {}, {}, None
-    print(f"{'variant':10s} {'row':12s} {'PSNR':>6s} {'seam':>6s} {'seam2':>6s} {'sharp':>6s}", flush=True)
+    print(f"{'variant':10s} {'row':12s} {'PSNR':>6s} {'seam':>6s} {'seam2':>6s} {'sharp':>6s}  gradient by phase",
+          flush=True)
     for name in args.variants:
         folder, seconds = train_variant(name, args.preset, args.steps, train_runs, args.work, args.seed)
         rows, figures[name], mask = evaluate(folder, test_runs, args.work / "cache", args.slices, args.t, args.seed)
         results[name] = {"bundle": str(folder), "train_seconds": seconds, "rows": rows}
         for row, s in rows.items():
-            print(f"{name:10s} {row:12s} {s['psnr']:6.2f} {s['seam']:6.3f} {s['seam2']:6.3f} {s['sharpness']:6.3f}",
-                  flush=True)
+            profile = " ".join(f"{v:.2f}" for v in s["profile"])
+            print(f"{name:10s} {row:12s} {s['psnr']:6.2f} {s['seam']:6.3f} {s['seam2']:6.3f} {s['sharpness']:6.3f}"
+                  f"  {profile}", flush=True)
     if args.figure is not None:
         write_figure(figures, mask, args.figure)
     args.json.parent.mkdir(parents=True, exist_ok=True)

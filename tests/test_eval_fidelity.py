@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from bids_phydiff.eval.fidelity import PatchGrid, seam_ratio, seam_score, sharpness_score
+from bids_phydiff.eval.fidelity import PatchGrid, gradient_profile, seam_ratio, seam_score, sharpness_score
 from bids_phydiff.prep.mask import brain_mask
 from bids_phydiff.train.dataset import SliceGrid
 
@@ -92,6 +92,22 @@ def test_blocks_of_the_patch_size_raise_the_seam_score(acquired):
     # blocks on another grid are not this model's seams
     shifted = PatchGrid(PATCH, (grid.offsets[0] + PATCH // 2, grid.offsets[1] + PATCH // 2))
     assert seam_score(_blocky(image, shifted, 0.5), image, grid, mask) < 1.0
+
+
+def test_the_gradient_profile_is_flat_for_an_acquired_image_and_shows_a_token_period_texture(acquired):
+    image, mask, grid = acquired["dwi"], acquired["mask"], acquired["grid"]
+    flat = gradient_profile(image, grid, mask)
+    assert flat.shape == (PATCH,) and np.allclose(flat, 1.0, atol=0.06) and flat.mean() == pytest.approx(1.0)
+    # the seam ratio is the profile's boundary phase against the others (equal counts per phase here)
+    assert flat[0] / flat[1:].mean() == pytest.approx(seam_ratio(image, grid, mask), rel=0.02)
+    # each patch a little flattened towards its centre: the differences inside the patch weaken there
+    phase = [(np.arange(n) + o) % PATCH for n, o in zip(image.shape[:2], grid.offsets)]
+    weight = 1 - 0.5 * np.exp(-((phase[0][:, None] - (PATCH - 1) / 2) ** 2 + (phase[1][None, :] - (PATCH - 1) / 2) ** 2))
+    patch_means = _blocky(image, grid)
+    textured = patch_means + weight[..., None] * (image - patch_means)
+    profile = gradient_profile(textured, grid, mask)
+    centre = PATCH // 2  # the difference across the patch centre
+    assert profile[centre] < 0.9 * profile[0] and profile[centre] == profile.min()
 
 
 @pytest.mark.parametrize("volume", ["b0", "dwi"])

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SHARPNESS_SIGMA", "PatchGrid", "seam_ratio", "seam_score", "sharpness_score", "volume_scores"]
+__all__ = ["SHARPNESS_SIGMA", "PatchGrid", "gradient_profile", "seam_ratio", "seam_score", "sharpness_score", "volume_scores"]
 
 SHARPNESS_SIGMA = 1.0
 """Gaussian sigma (pixels) of the sharpness score's low-pass: the detail is the band above ~1/(2 pi sigma)
@@ -67,11 +67,15 @@ class PatchGrid:
         """From the backbone's ``patch_size`` and a :class:`~bids_phydiff.train.dataset.SliceGrid`."""
         return cls(int(patch_size), tuple(int(o) for o in slice_grid.offsets))
 
+    def phases(self, n: int, axis: int) -> np.ndarray:
+        """``(n - 1,)`` int: the phase ``(i + offset) % patch`` of pixel ``i = 1..n-1`` along in-plane ``axis``
+        (0 = x, 1 = y) in its patch; 0 = the difference ``I[i] - I[i - 1]`` crosses a patch boundary."""
+        return (np.arange(1, n) + self.offsets[axis]) % self.patch
+
     def starts(self, n: int, axis: int) -> np.ndarray:
         """``(n - 1,)`` bool: whether pixel ``i = 1..n-1`` along in-plane ``axis`` (0 = x, 1 = y) starts a
         patch, i.e. whether the difference ``I[i] - I[i - 1]`` crosses a patch boundary."""
-        i = np.arange(1, n)
-        return (i + self.offsets[axis]) % self.patch == 0
+        return self.phases(n, axis) == 0
 
 
 def _slices(image: np.ndarray) -> np.ndarray:
@@ -99,25 +103,42 @@ def _ratio(across: float, within: float) -> float:
     return math.inf if across > 0 else math.nan
 
 
-def seam_ratio(image, grid: PatchGrid, mask=None) -> float:
-    """``R(I)`` of the module docstring: mean |first difference| across patch boundaries over the mean
-    within patches, x and y pooled, over neighbour pairs inside ``mask`` (None = everywhere)."""
+def _phase_sums(image, grid: PatchGrid, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and count of |first difference| ``|I[i] - I[i - 1]|`` by the phase ``(i + offset) % patch`` of
+    pixel ``i`` (0 = across a patch boundary), x and y pooled, over neighbour pairs inside ``mask``."""
     image = _slices(image)
     m = _mask_of(mask, image.shape)
-    sums = np.zeros(2)  # across, within
-    counts = np.zeros(2)
+    sums, counts = np.zeros(grid.patch), np.zeros(grid.patch)
     for axis in (0, 1):
         diff = np.abs(np.diff(image, axis=axis))
         both = np.logical_and(m[1:] if axis == 0 else m[:, 1:], m[:-1] if axis == 0 else m[:, :-1])
         shape = [1, 1, 1]
         shape[axis] = image.shape[axis] - 1
-        crossing = grid.starts(image.shape[axis], axis).reshape(shape)
-        for k, where in enumerate((both & crossing, both & ~crossing)):
+        phase = grid.phases(image.shape[axis], axis).reshape(shape)
+        for k in range(grid.patch):
+            where = both & (phase == k)
             sums[k] += diff[where].sum()
             counts[k] += where.sum()
-    if counts.min() == 0:
+    return sums, counts
+
+
+def seam_ratio(image, grid: PatchGrid, mask=None) -> float:
+    """``R(I)`` of the module docstring: mean |first difference| across patch boundaries over the mean
+    within patches, x and y pooled, over neighbour pairs inside ``mask`` (None = everywhere)."""
+    sums, counts = _phase_sums(image, grid, mask)
+    if counts[0] == 0 or counts[1:].sum() == 0:
         return math.nan  # the mask holds no pair on one side: the grid is coarser than the brain
-    return _ratio(sums[0] / counts[0], sums[1] / counts[1])
+    return _ratio(sums[0] / counts[0], sums[1:].sum() / counts[1:].sum())
+
+
+def gradient_profile(image, grid: PatchGrid, mask=None) -> np.ndarray:
+    """``(patch,)``: mean |first difference| by phase in the patch (index 0 = across a boundary, k = the
+    difference ending ``k`` pixels into a patch), x and y pooled, normalised to a mean of 1. Flat (all about 1)
+    for an image without a texture of the token period; the seam ratio sees only index 0 against the rest."""
+    sums, counts = _phase_sums(image, grid, mask)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = sums / counts
+    return mean / np.nanmean(mean)
 
 
 def seam_score(synthesis, acquired, grid: PatchGrid, mask=None) -> float:
