@@ -8,9 +8,12 @@ tiny preset), then, on the held-out subject's slices:
   (:mod:`bids_phydiff.eval.fidelity`) of the prediction against the acquired slice. At t = 0 the input
   holds the answer: a model that is blocky there does not pass its input through.
 - ``sample``: the app's sampler (:func:`~bids_phydiff.synth.inputs.app_sampler`, DDIM from the b0) on the same
-  slices: PSNR (normalised units, peak-to-peak 2), seam and sharpness against the acquired slices.
+  slices: PSNR (normalised units, peak-to-peak 2), seam and sharpness against the acquired slices; once per
+  ``--shifts`` count of averaged half-patch passes (``sample`` = one pass, ``sample x2`` = two).
 
-Seams are scored on the level-0 token grid (``patch``) and on the level-1 grid (``2 * patch``). ``--figure``
+Seams are scored on the level-0 token grid (``patch``) and on the level-1 grid (``2 * patch``), and every row
+prints the gradient profile by phase in the patch (:func:`~bids_phydiff.eval.fidelity.gradient_profile`; 0 =
+across a boundary). ``--figure``
 writes a PNG of the acquired slice, each probe's x0 and the sample for two slices per variant. Variants
 (:data:`VARIANTS`) change one thing: ``x0`` is the preset itself, ``linear`` / ``smooth`` force the unpatch,
 the objective and size variants build on the linear unpatch, ``smooth_*`` on the smooth one. Results and reading: docs/evaluation.md, "Patch seams and blur on real scans".
@@ -57,7 +60,6 @@ VARIANTS = {
     "x0": lambda cfg: cfg.replace(objective="x0", x0_skip=False),
     "linear": _backbone(unpatch="linear"),
     "smooth": _backbone(unpatch="smooth"),
-    "cubic": _backbone(unpatch="cubic"),
     "x0_skip": _linear(lambda cfg: cfg.replace(objective="x0", x0_skip=True)),
     "v": _linear(lambda cfg: cfg.replace(objective="v", x0_skip=False)),
     "eps": _linear(lambda cfg: cfg.replace(objective="eps", x0_skip=False)),
@@ -128,7 +130,8 @@ def scores(pred: torch.Tensor, batch, patch: int) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(folder: Path, test_runs, cache: Path, count: int, ts: list[int], seed: int) -> dict:
+def evaluate(folder: Path, test_runs, cache: Path, count: int, ts: list[int], seed: int,
+             shifts: list[int]) -> dict:
     from bids_phydiff.model.bundle import load_bundle
     from bids_phydiff.synth.inputs import app_sampler
 
@@ -146,11 +149,14 @@ def evaluate(folder: Path, test_runs, cache: Path, count: int, ts: list[int], se
         eps = model.predict_eps(x_t, tt, g, model(x_t, tt, *cond).float())
         images[f"t={t}"] = model.schedule.x0_from_eps(x_t, tt, g, eps).float()
         rows[f"probe t={t}"] = scores(images[f"t={t}"], batch, patch)
-    start = time.perf_counter()
-    sampled = model.sample(*cond, batch["adc"], sampler=dataclasses.replace(app_sampler(), progress=False), seed=seed)
-    rows["sample"] = scores(sampled, batch, patch)
-    rows["sample"]["seconds"] = time.perf_counter() - start
-    images["sample"] = sampled
+    for count_shifts in shifts:
+        start = time.perf_counter()
+        sampler = dataclasses.replace(app_sampler(), progress=False, shifts=count_shifts)
+        sampled = model.sample(*cond, batch["adc"], sampler=sampler, seed=seed)
+        name = "sample" if count_shifts == 1 else f"sample x{count_shifts}"
+        rows[name] = scores(sampled, batch, patch)
+        rows[name]["seconds"] = time.perf_counter() - start
+        images[name] = sampled
     return rows, images, batch["mask"]
 
 
@@ -196,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=48, help="held-out (volume, slice) samples")
     parser.add_argument("--t", type=int, nargs="+", default=[0, 200, 600, 999])
     parser.add_argument("--seed", type=int, default=3407)
+    parser.add_argument("--shifts", type=int, nargs="+", default=[1, 2], choices=[1, 2, 4],
+                        help="the sample row once per count of averaged half-patch passes (default 1 2)")
     parser.add_argument("--json", type=Path, default=RESULTS / "seam_diagnostic.json")
     parser.add_argument("--figure", type=Path, default=None,
                         help="PNG of acquired / probe x0 / sample slices, one row per variant")
@@ -210,7 +218,8 @@ def main(argv=None) -> int:
           flush=True)
     for name in args.variants:
         folder, seconds = train_variant(name, args.preset, args.steps, train_runs, args.work, args.seed)
-        rows, figures[name], mask = evaluate(folder, test_runs, args.work / "cache", args.slices, args.t, args.seed)
+        rows, figures[name], mask = evaluate(folder, test_runs, args.work / "cache", args.slices, args.t, args.seed,
+                                                 args.shifts)
         results[name] = {"bundle": str(folder), "train_seconds": seconds, "rows": rows}
         for row, s in rows.items():
             profile = " ".join(f"{v:.2f}" for v in s["profile"])

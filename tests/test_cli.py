@@ -39,10 +39,15 @@ def test_help_states_the_defaults_the_run_uses(capsys):
     assert "--max-steps MAX_STEPS steps of the backbone stage" in text
     assert f"(default {config.SAMPLER_METHOD})" in text and f"(default {config.SAMPLER_STEPS};" in text
     assert f"(default {config.SAMPLER_ETA:g};" in text and f"(default {config.SAMPLER_STRENGTH:g})" in text
+    assert f"token grid (default {config.SAMPLER_SHIFTS})" in text
     assert f"(default: {DEFAULT_TEMPLATE})" in text
     synth = config.SynthOptions()
-    assert (app_sampler().method, app_sampler().steps, app_sampler().eta, app_sampler().strength) == (
-        synth.sampler, synth.steps, synth.eta, synth.strength)
+    assert (app_sampler().method, app_sampler().steps, app_sampler().eta, app_sampler().strength,
+            app_sampler().shifts) == (synth.sampler, synth.steps, synth.eta, synth.strength, synth.shifts)
+    from bids_phydiff.model.sampling import SHIFT_COUNTS
+
+    shifts = next(a for a in build_parser()._actions if a.dest == "shifts")
+    assert tuple(shifts.choices) == SHIFT_COUNTS
 
 
 @pytest.mark.parametrize("seed, ok", [("0", True), ("4294967295", True), ("-1", False), ("4294967296", False),
@@ -116,6 +121,9 @@ def test_level_options_take_the_config_defaults_unless_given(tiny_bids, tmp_path
     config = build_config(parse_args(base + ["--steps", "20", "--eta", "0", "--target-shells", "1000,2000"]))
     assert (config.synth.steps, config.synth.eta, config.synth.target_shells) == (20, 0.0, (1000.0, 2000.0))
     assert config.synth.strength == SynthOptions().strength
+    assert build_config(parse_args(base + ["--shifts", "1"])).synth.shifts == 1
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--shifts", "3"])
     group = build_config(parse_args([str(tiny_bids), str(tmp_path / "out"), "group", "-w", str(tmp_path / "w"),
                                      "--max-steps", "7", "--xtract-atlas", "none"]))
     assert group.synth == SynthOptions()

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bids_phydiff.eval.fidelity import PatchGrid, gradient_profile, seam_ratio, seam_score
+from bids_phydiff.eval.fidelity import PatchGrid, seam_ratio, seam_score
 from bids_phydiff.model import PhyDiff, PhyDiffConfig, preset
 from bids_phydiff.model.hdit import SmoothUnpatch, TokenSplit
 
@@ -83,67 +83,18 @@ def test_token_levels_come_out_interpolated_between_token_centres_not_as_blocks(
     assert seam_ratio(out_linear.numpy(), PatchGrid(4), inner) == np.inf
 
 
-@pytest.mark.parametrize("order", [2, 4])
-def test_one_tokens_output_fades_out_across_its_border(order):
+def test_one_tokens_output_fades_out_across_its_border():
     torch.manual_seed(0)
-    unpatch = SmoothUnpatch(8, 1, patch=4, order=order)
+    unpatch = SmoothUnpatch(8, 1, patch=4)
     with torch.no_grad():
         unpatch.proj.weight.normal_()
-        tokens = torch.zeros(1, 7, 7, 8)
-        tokens[0, 3, 3] = torch.randn(8)
+        tokens = torch.zeros(1, 5, 5, 8)
+        tokens[0, 2, 2] = torch.randn(8)
         out = unpatch(tokens)[0, 0].abs()
-    reach = (order - 1) * 2  # pixels beyond its own 4x4 block (12..15): half the window less half a block
-    inside = torch.zeros(28, 28, dtype=torch.bool)
-    inside[12 - reach:16 + reach, 12 - reach:16 + reach] = True
+    inside = torch.zeros(20, 20, dtype=torch.bool)
+    inside[6:14, 6:14] = True  # the token's own 4x4 block (8..11) and half a token around it
     assert out[~inside].max() == 0
-    assert out[inside].min() > 0
-    ring = torch.cat([out[12 - reach, 12 - reach:16 + reach], out[15 + reach, 12 - reach:16 + reach]])
-    assert out[12:16, 12:16].mean() > 3 * ring.mean()
-
-
-def level_tokens(levels: torch.Tensor, width: int = 4) -> torch.Tensor:
-    """(h, w) levels -> (1, h, w, width) tokens whose first feature is the level."""
-    tokens = torch.zeros(1, *levels.shape, width)
-    tokens[..., 0] = levels
-    return tokens
-
-
-def passing_levels(unpatch: SmoothUnpatch) -> SmoothUnpatch:
-    """``unpatch`` with every output pixel of a token equal to the token's level (first feature)."""
-    with torch.no_grad():
-        unpatch.proj.weight.zero_()
-        unpatch.proj.weight[:, 0] = 1.0
-    return unpatch
-
-
-def test_the_cubic_unpatch_keeps_constant_and_linear_levels_exact_to_the_grids_edge():
-    unpatch = passing_levels(SmoothUnpatch(4, 1, patch=4, order=4))
-    with torch.no_grad():
-        flat = unpatch(level_tokens(torch.full((5, 7), 2.5)))[0, 0]
-        i, j = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
-        ramp = unpatch(level_tokens(0.3 * i - 0.2 * j))[0, 0]
-    torch.testing.assert_close(flat, torch.full((20, 28), 2.5))  # the window sum is normalised at the edges
-    x = (torch.arange(32.0) + 0.5) / 4 - 0.5  # pixel centres in token units (token centres at 0, 1, ...)
-    expected = 0.3 * x[:, None] - 0.2 * x[None, :]
-    torch.testing.assert_close(ramp[8:-8, 8:-8], expected[8:-8, 8:-8])  # 2 tokens from the edge: exact
-
-
-def test_the_cubic_window_leaves_no_token_period_texture_where_the_tent_does():
-    """Token levels that vary from token to token (what an under-trained network's texture is): under the
-    tent the image is flattest across each token centre, where the tent's kink sits; the cubic B-spline's
-    gradient is nearly the same at every phase."""
-    levels = torch.from_numpy(np.random.default_rng(0).normal(size=(24, 24))).float()
-    inner = np.zeros((96, 96), dtype=bool)
-    inner[16:-16, 16:-16] = True
-    profiles = {}
-    for order in (2, 4):
-        with torch.no_grad():
-            out = passing_levels(SmoothUnpatch(4, 1, patch=4, order=order))(level_tokens(levels))[0, 0]
-        profiles[order] = gradient_profile(out.numpy(), PatchGrid(4, (2, 2)), inner)  # phase 0 = across a centre
-    tent, cubic = profiles[2], profiles[4]
-    assert tent[0] == tent.min() and tent[0] < 0.7
-    assert cubic.min() > 0.8 and cubic.max() < 1.2
-    assert cubic.max() - cubic.min() < 0.5 * (tent.max() - tent.min())
+    assert out[8:12, 8:12].mean() > 3 * torch.cat([out[6, 6:14], out[13, 6:14], out[6:14, 6], out[6:14, 13]]).mean()
 
 
 def test_a_config_without_the_unpatch_key_is_the_linear_unpatch_and_its_weights_load():
@@ -155,5 +106,3 @@ def test_a_config_without_the_unpatch_key_is_the_linear_unpatch_and_its_weights_
     PhyDiff(old).load_state_dict(state)  # strict: same parameters
     with pytest.raises(ValueError, match="unpatch"):
         with_unpatch(preset("tiny"), "nearest")
-    cubic = with_unpatch(preset("tiny"), "cubic")
-    assert PhyDiffConfig.from_dict(cubic.to_dict()).backbone.unpatch == "cubic"

@@ -243,6 +243,7 @@ def synth_options(args: argparse.Namespace) -> SynthOptions:
         steps=args.steps or defaults.steps,
         eta=args.eta if args.eta is not None else defaults.eta,
         strength=args.strength if args.strength is not None else defaults.strength,
+        shifts=args.shifts or defaults.shifts,
         samples=args.samples or defaults.samples,
         batch_size=args.batch_size,
         output_space=args.output_space or defaults.output_space,

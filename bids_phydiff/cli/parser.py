@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import DEFAULT_RESOLUTION, SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_STEPS, SAMPLER_STRENGTH
+from ..config import (DEFAULT_RESOLUTION, SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_SHIFTS, SAMPLER_STEPS,
+                      SAMPLER_STRENGTH)
 from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE
 from ..spaces import DEFAULT_TEMPLATE, XTRACT_TEMPLATE
 
@@ -327,6 +328,10 @@ SYNTH_OPTIONS: list[tuple[str, dict]] = [
     ("--strength", dict(dest="strength", type=_strength,
                         help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise "
                              f"(default {SAMPLER_STRENGTH:g})")),
+    ("--shifts", dict(dest="shifts", type=int, choices=[1, 2, 4],  # model.sampling.SHIFT_COUNTS (no torch here)
+                      help=f"network passes averaged per step, on the input rolled by half a patch: 1 = one pass "
+                           f"(half the time), 2 or 4 = no texture of the model's token grid (default "
+                           f"{SAMPLER_SHIFTS})")),
     ("--samples", dict(dest="samples", type=_positive_int,
                        help="independent samples per volume: the mean is written, and the standard deviation "
                             "as an uncertainty map when > 1 (default 1)")),

@@ -131,8 +131,7 @@ class HDiTConfig(JsonConfig):
     patch`` block (the paper's, and what a bundle without the key means); ``"smooth"`` = each token mapped to a
     ``2p x 2p`` patch, tent-windowed and overlap-added with its neighbours' (:class:`~.hdit.SmoothUnpatch`: a
     token's level is interpolated bilinearly and no token's output stops at its border; docs/evaluation.md,
-    "Patch seams and blur on real scans"); ``"cubic"`` = the same with a cubic B-spline window over a ``4p x 4p``
-    patch (smooth at the token centres, where the tent leaves a faint token-period texture).
+    "Patch seams and blur on real scans").
     """
 
     levels: tuple[LevelConfig, ...]
@@ -142,11 +141,11 @@ class HDiTConfig(JsonConfig):
     dropout: float = 0.0
     backend: str = "auto"
     refine_channels: int = 0
-    unpatch: Literal["linear", "smooth", "cubic"] = "linear"
+    unpatch: Literal["linear", "smooth"] = "linear"
 
     def __post_init__(self) -> None:
-        if self.unpatch not in ("linear", "smooth", "cubic"):
-            raise ValueError(f"unpatch must be 'linear', 'smooth' or 'cubic', got {self.unpatch!r}")
+        if self.unpatch not in ("linear", "smooth"):
+            raise ValueError(f"unpatch must be 'linear' or 'smooth', got {self.unpatch!r}")
         levels = tuple(lv if isinstance(lv, LevelConfig) else LevelConfig(**lv) for lv in self.levels)
         object.__setattr__(self, "levels", levels)
         if not levels:

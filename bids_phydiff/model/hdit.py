@@ -9,7 +9,7 @@ Layout: a patch-``p`` token merge to level 0; at each level above the bottom, ``
 with neighborhood attention, then a 2x2 token merge down; the bottom level runs global (or neighborhood)
 layers; on the way up a 2x2 token split whose output is blended with the level's skip by a learned
 per-channel lerp (init 0.5), then ``depth`` more layers; finally RMSNorm and a zero-initialised patch
-split (``unpatch``: linear per token, or smooth / cubic: windowed overlap-add across token borders),
+split (``unpatch``: linear per token, or smooth: windowed overlap-add across token borders),
 optionally followed by a full-resolution convolutional refiner (``refine_channels``). Transformer layer = cosine-similarity self-attention (learned per-head temperature, init 10, axial
 RoPE on half of each head) + GEGLU feed-forward, each pre-normed by AdaRMSNorm, each a residual whose
 output projection starts at zero. Tokens are channels-last (B, h, w, C).
@@ -180,51 +180,33 @@ class TokenSplit(nn.Module):
         return skip + self.mix.to(x.dtype) * (x - skip)
 
 
-def bspline_window(order: int, patch: int) -> Tensor:
-    """The centred cardinal B-spline of ``order`` (2 = tent, 4 = cubic) with knots ``patch`` pixels apart,
-    sampled at the ``order * patch`` pixel centres of its support: shape (order * patch,). Copies shifted
-    by ``patch`` sum to 1 at every pixel (a partition of unity)."""
-    t = (torch.arange(order * patch, dtype=torch.float64) + 0.5) / patch  # pixel centres, in knot units
-    value = torch.zeros_like(t)
-    for k in range(order + 1):
-        value += (-1) ** k * math.comb(order, k) * (t - k).clamp(min=0) ** (order - 1)
-    return (value / math.factorial(order - 1)).float()
-
-
-UNPATCH_ORDERS = {"smooth": 2, "cubic": 4}
-"""B-spline order of each windowed unpatch (``HDiTConfig.unpatch``)."""
-
-
 class SmoothUnpatch(nn.Module):
     """(B, h, w, C_in) tokens -> (B, C_out, h*p, w*p) pixels without block edges: windowed overlap-add.
 
-    Each token is mapped linearly to an ``n p x n p`` patch centred on its own ``p x p`` block, weighted by a
-    separable B-spline window of order ``n`` (:func:`bspline_window`; n = 2: a tent, 1 at the token centre
-    and 0 one token away; n = 4: a cubic, 0 two tokens away) and overlap-added with its neighbours'
-    patches, normalised by the summed window (so the windows are a partition of unity, also at the grid's
-    edge). A token's level therefore comes out interpolated between token centres (bilinearly for the tent),
-    and every token's contribution fades out across its border instead of stopping there. A linear map per
-    token to its own block (the paper's unpatch) learns each token's level long before the pattern inside
-    the block and leaves a grid of constant blocks; this one has no block edges from the first step. The
-    tent has a kink at each token centre, where the gradient of interpolated levels is weakest (a faint
-    token-period texture); the cubic is smooth there. The projection starts at zero (output 0, like the
-    linear unpatch). Exact centring for even ``p``.
+    Each token is mapped linearly to a ``2p x 2p`` patch centred on its own ``p x p`` block, weighted by a
+    separable tent window (1 at the token centre, falling linearly to 0 one token away) and overlap-added
+    with its neighbours' patches, normalised by the summed window (so the windows are a partition of unity,
+    also at the grid's edge). A token's level therefore comes out bilinearly interpolated between token
+    centres, and every token's contribution fades out across its border instead of stopping there. A linear
+    map per token to its own block (the paper's unpatch) learns each token's level long before the pattern
+    inside the block and leaves a grid of constant blocks; this one has no block edges from the first step.
+    The projection starts at zero (output 0, like the linear unpatch). Exact centring for even ``p``.
     """
 
-    def __init__(self, in_features: int, out_features: int, patch: int, order: int = 2) -> None:
+    def __init__(self, in_features: int, out_features: int, patch: int) -> None:
         super().__init__()
-        self.patch, self.order = patch, order
+        self.patch = patch
         self.out_features = out_features
-        self.proj = zero_init(nn.Linear(in_features, out_features * (order * patch) ** 2, bias=False))
-        window = bspline_window(order, patch)
-        self.register_buffer("window", window[:, None] * window[None, :], persistent=False)
+        self.proj = zero_init(nn.Linear(in_features, out_features * (2 * patch) ** 2, bias=False))
+        tent = 1.0 - ((torch.arange(2 * patch, dtype=torch.float32) + 0.5) / patch - 1.0).abs()
+        self.register_buffer("window", tent[:, None] * tent[None, :], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         b, h, w, _ = x.shape
-        p, c, k = self.patch, self.out_features, self.order * self.patch
+        p, c, k = self.patch, self.out_features, 2 * self.patch
         window = self.window.to(x.dtype)
         patches = self.proj(x).reshape(b, h * w, c, k, k) * window
-        size, crop = ((h + self.order - 1) * p, (w + self.order - 1) * p), (self.order - 1) * p // 2
+        size, crop = ((h + 1) * p, (w + 1) * p), p // 2
         out = F.fold(patches.permute(0, 2, 3, 4, 1).reshape(b, c * k * k, h * w), size, k, stride=p)
         norm = F.fold(window.reshape(1, k * k, 1).expand(1, k * k, h * w), size, k, stride=p)
         return (out / norm)[..., crop : crop + h * p, crop : crop + w * p]
@@ -264,9 +246,8 @@ class HDiT(nn.Module):
         self.splits = nn.ModuleList(TokenSplit(b.width, a.width) for a, b in zip(levels[:-1], levels[1:]))
         self.up = nn.ModuleList(Level(lv, cond_features, drop, backend) for lv in levels[:-1])
         self.out_norm = RMSNorm(levels[0].width)
-        if config.unpatch in UNPATCH_ORDERS:
-            self.patch_out: nn.Module = SmoothUnpatch(levels[0].width, config.out_channels, config.patch_size,
-                                                      UNPATCH_ORDERS[config.unpatch])
+        if config.unpatch == "smooth":
+            self.patch_out: nn.Module = SmoothUnpatch(levels[0].width, config.out_channels, config.patch_size)
         else:
             self.patch_out = TokenSplit(levels[0].width, config.out_channels, config.patch_size, skip=False)
             zero_init(self.patch_out.proj)

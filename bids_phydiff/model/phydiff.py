@@ -38,7 +38,7 @@ from .config import PhyDiffConfig, preset
 from .context import context_inputs
 from .device import autocast
 from .hdit import HDiT
-from .sampling import SamplerConfig, make_generator
+from .sampling import SamplerConfig, make_generator, token_shifts
 from .sampling import sample as run_sampler
 from .schedule import PhysicsSchedule
 
@@ -218,8 +218,7 @@ class PhyDiff(nn.Module):
     ) -> Tensor:
         """The regression objective's prediction (B, 1, H, W) of the target slice in [-1, 1] space: one
         forward pass with x_t = 0 at t = 0."""
-        t = torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device)
-        x = torch.zeros(b0.shape, dtype=torch.float32, device=b0.device)
+        x, t = regression_input(b0)
         return self(x, t, b0, bval, bvec, slice_pos, tracts, adapter_features=adapter_features, use_adapter=use_adapter,
                     context=context)
 
@@ -245,28 +244,40 @@ class PhyDiff(nn.Module):
         ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
         ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
         ``context`` (B, C, H, W): the context maps of a model with a context (see :meth:`forward`).
-        Runs in eval mode (restored afterwards). The regression objective ignores ``sampler``, ``seed`` and
-        ``generator`` and returns its one-pass prediction.
+        Every network evaluation averages ``sampler.shifts`` passes, each on the inputs moved in-plane by a
+        fraction of the patch (:func:`~.sampling.token_shifts`: edge-replicated by that many pixels before and
+        to a whole size multiple after, so the grid grows by one multiple) and cropped back.
+        Runs in eval mode (restored afterwards). The regression objective ignores ``sampler`` (but its
+        ``shifts``), ``seed`` and ``generator`` and returns its one-pass prediction.
         """
         if generator is None and seed is not None:
             generator = make_generator(seed, b0.device)
         was_training = self.training
         self.eval()
         try:
-            features = self.adapter_features(tracts, b0) if self._use_adapter(tracts, None) else None
+            use_adapter = self._use_adapter(tracts, None)
+            passes = []  # (move, moved b0, its adapter features, moved context)
+            for shift in token_shifts(sampler.shifts, self.config.backbone.patch_size):
+                move = _Shift(shift, self.config.backbone.size_multiple)
+                b0_s, tracts_s, context_s = (move(a) for a in (b0, tracts, context))
+                passes.append((move, b0_s, self.adapter_features(tracts_s, b0_s) if use_adapter else None, context_s))
             amp = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
+
+            def network(x: Tensor, t: Tensor) -> Tensor:
+                outs = []
+                for move, b0_s, features, context_s in passes:
+                    with amp:
+                        out = self(move(x), t, b0_s, bval, bvec, slice_pos, adapter_features=features,
+                                   use_adapter=False, context=context_s)
+                    outs.append(move.back(out.float()))
+                return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
             if self.is_regression:
-                with amp:
-                    out = self.regress(b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
-                                       context=context)
-                return out.float()
+                return network(*regression_input(b0))
             g = self.schedule.excess_beta(adc, bval) if self.schedule.gap > 0 else None
 
             def eps_fn(x: Tensor, t: Tensor) -> Tensor:
-                with amp:
-                    out = self(x, t, b0, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
-                               context=context)
-                return self.predict_eps(x, t, g, out.float())
+                return self.predict_eps(x, t, g, network(x, t))
 
             return run_sampler(eps_fn, self.schedule, g, tuple(b0.shape), sampler, b0, generator, b0.device)
         finally:
@@ -302,3 +313,31 @@ class PhyDiff(nn.Module):
         else:
             raise ValueError(f"part must be 'backbone', 'adapter' or 'all', got {part!r}")
         return sum(p.numel() for p in params)
+
+
+def regression_input(b0: Tensor) -> tuple[Tensor, Tensor]:
+    """The regression objective's fixed network input for ``b0`` (B, 1, H, W): x_t = 0 (float32) and t = 0."""
+    return (torch.zeros(b0.shape, dtype=torch.float32, device=b0.device),
+            torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device))
+
+
+@dataclass(frozen=True)
+class _Shift:
+    """Moves (..., H, W) images by ``shift`` = (dy, dx) pixels against the model's token grid: edge-replicated
+    by dy (dx) pixels before and ``multiple`` - dy (dx) after, so that the grid stays a whole size multiple;
+    :meth:`back` crops a network output to the original grid. (0, 0) is the identity."""
+
+    shift: tuple[int, int]
+    multiple: int
+
+    def __call__(self, x: Tensor | None) -> Tensor | None:
+        if x is None or self.shift == (0, 0):
+            return x
+        (dy, dx), m = self.shift, self.multiple
+        return F.pad(x, (dx, m - dx, dy, m - dy), mode="replicate")
+
+    def back(self, x: Tensor) -> Tensor:
+        if self.shift == (0, 0):
+            return x
+        (dy, dx), m = self.shift, self.multiple
+        return x[..., dy : x.shape[-2] - (m - dy), dx : x.shape[-1] - (m - dx)]
