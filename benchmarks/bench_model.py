@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
+from bids_phydiff.config import SAMPLER_SHIFTS
 from bids_phydiff.model import PRESET_IMAGE_SIZES, DiffusionBatch, PhyDiff, SamplerConfig, preset, resolve_device
 from bids_phydiff.model import attention as att
 from bids_phydiff.model.device import autocast
@@ -245,14 +246,16 @@ HCP_VOLUMES, HCP_SLICES = 270, 110
 
 
 def bench_synthesis(name: str, device: torch.device, precision: str, batch_size: int, steps: int = 50,
-                    strength: float = 0.8) -> dict:
-    """One ``model.sample`` call (DDIM ``steps`` from SDEdit ``strength``) on ``batch_size`` slices at the
-    preset's size, random weights; the time per slice and what a 270-volume x 110-slice scheme would take."""
+                    strength: float = 0.8, shifts: int = SAMPLER_SHIFTS) -> dict:
+    """One ``model.sample`` call (DDIM ``steps`` from SDEdit ``strength``, ``shifts`` passes per step: the
+    app's) on ``batch_size`` slices at the preset's size, random weights; the time per slice and what a
+    270-volume x 110-slice scheme would take."""
     torch.manual_seed(0)
     model = PhyDiff(preset(name).replace(adapter=None)).to(device).eval()
     size = PRESET_IMAGE_SIZES[name]
     batch = make_batch(batch_size, size, device)
-    sampler = SamplerConfig(method="ddim", steps=steps, start="sdedit", strength=strength, progress=False)
+    sampler = SamplerConfig(method="ddim", steps=steps, start="sdedit", strength=strength, shifts=shifts,
+                            progress=False)
 
     def call():
         model.sample(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.adc, sampler=sampler, seed=0,
@@ -265,7 +268,7 @@ def bench_synthesis(name: str, device: torch.device, precision: str, batch_size:
     best = min(_time(call, device, 2, warmup=0))
     per_slice = best / batch_size
     scheme_s = per_slice * HCP_VOLUMES * HCP_SLICES
-    row = {"preset": name, "image": f"{size}x{size}", "batch": batch_size, "sampler": f"ddim-{steps} sdedit {strength}",
+    row = {"preset": name, "image": f"{size}x{size}", "batch": batch_size, "sampler": f"ddim-{steps} sdedit {strength} x{shifts} passes",
            "first_call_s": first_s, "call_s": best, "seconds_per_slice": per_slice,
            "seconds_per_volume_110_slices": per_slice * HCP_SLICES, "hcp_scheme_s": scheme_s}
     print(f"  synthesis {name} B={batch_size} {size}x{size}: {best:.2f} s per call, {per_slice * 1e3:.1f} ms per "
