@@ -33,11 +33,6 @@ intensities drift up), eta 1 0.08, ancestral DDPM over 800 steps 0.08 in 15x the
 0.12."""
 SAMPLER_STRENGTH = 0.8
 """SDEdit: sampling starts from the b0 noised to this fraction of the schedule; 1.0 = pure noise."""
-SAMPLER_SHIFTS = 2
-"""Network passes averaged per step, on the input rolled by half a patch (``SamplerConfig.shifts``). Measured
-on the five real subjects at 2 mm (docs/evaluation.md, "The token-period texture"): one pass leaves a faint
-texture of the token period (seam score up to 1.07); two remove it and add a little PSNR, at twice the
-network time."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,8 @@ class SynthOptions:
     steps: int = SAMPLER_STEPS
     eta: float = SAMPLER_ETA
     strength: float = SAMPLER_STRENGTH
-    shifts: int = SAMPLER_SHIFTS
+    shifts: int | None = None
+    """network passes averaged per step on inputs moved against the token grid; None = the bundle's choice"""
     samples: int = 1
     batch_size: int | None = None
     """items per model call; None = automatic (:mod:`bids_phydiff.synth.batching`)"""

@@ -39,7 +39,7 @@ def test_help_states_the_defaults_the_run_uses(capsys):
     assert "--max-steps MAX_STEPS steps of the backbone stage" in text
     assert f"(default {config.SAMPLER_METHOD})" in text and f"(default {config.SAMPLER_STEPS};" in text
     assert f"(default {config.SAMPLER_ETA:g};" in text and f"(default {config.SAMPLER_STRENGTH:g})" in text
-    assert f"token grid (default {config.SAMPLER_SHIFTS})" in text
+    assert "default: the bundle's choice, made at training" in text
     assert f"(default: {DEFAULT_TEMPLATE})" in text
     synth = config.SynthOptions()
     assert (app_sampler().method, app_sampler().steps, app_sampler().eta, app_sampler().strength,

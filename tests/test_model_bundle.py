@@ -55,6 +55,16 @@ def test_round_trip_is_bit_exact(tmp_path):
     assert bundle.weights_sha256 == sha256_file(path / "weights.safetensors")
 
 
+@pytest.mark.parametrize("metadata, shifts", [({}, 1), ({"sampler_shifts": 2}, 2), ({"sampler_shifts": 3}, None)])
+def test_the_bundles_shifted_passes_become_the_models_default(tmp_path, metadata, shifts):
+    _, path = _write(tmp_path, metadata=metadata)
+    if shifts is None:
+        with pytest.raises(BundleError, match=r"config\.json.*sampler_shifts"):
+            load_bundle(path)
+        return
+    assert load_bundle(path).model.shifts == shifts
+
+
 def test_config_records_version_grid_and_checksum(tmp_path):
     _, path = _write(tmp_path)
     config = json.loads((path / "config.json").read_text())

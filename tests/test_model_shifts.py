@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from bids_phydiff.model import SamplerConfig
-from bids_phydiff.model.sampling import SHIFT_COUNTS, token_shifts
+from bids_phydiff.model.shifts import SHIFT_COUNTS, token_shifts
 
 from test_model_phydiff import _randomise, phantom_batch, tiny
 
@@ -29,9 +29,11 @@ def test_the_shifts_are_half_a_patch():
     assert token_shifts(1, 4) == [(0, 0)]
     assert token_shifts(2, 4) == [(0, 0), (2, 2)]
     assert sorted(token_shifts(4, 4)) == [(0, 0), (0, 2), (2, 0), (2, 2)]
-    assert SHIFT_COUNTS == (1, 2, 4)
+    assert SHIFT_COUNTS == (1, 2, 4) and SamplerConfig().shifts is None  # None: the model's own choice
     with pytest.raises(ValueError, match="shifts"):
         SamplerConfig(shifts=3)
+    with pytest.raises(ValueError, match="shifted passes"):
+        token_shifts(3, 4)
 
 
 def test_one_pass_is_the_plain_network_and_two_are_the_mean_with_every_condition_moved():
@@ -51,6 +53,14 @@ def test_one_pass_is_the_plain_network_and_two_are_the_mean_with_every_condition
     assert torch.equal(one, plain)
     torch.testing.assert_close(two, (plain + moved) / 2)
     assert not torch.allclose(plain, moved, atol=1e-4)  # the network is not shift-invariant: the passes differ
+    # a sampler that leaves the count open takes the model's own (a bundle's sampler_shifts)
+    assert torch.equal(model.sample(b.b0, *cond, b.adc, tracts=b.tracts, sampler=SamplerConfig()), one)
+    model.shifts = 2
+    assert torch.equal(model.sample(b.b0, *cond, b.adc, tracts=b.tracts, sampler=SamplerConfig()), two)
+    # the loss the training's choice compares is that of the same averaged output
+    target = b.target.float()
+    assert model.loss(b, shifts=2).item() == pytest.approx(float(F.mse_loss((plain + moved) / 2, target)), rel=1e-5)
+    assert model.loss(b).item() == pytest.approx(float(F.mse_loss(plain, target)), rel=1e-5)
 
 
 def test_diffusion_sampling_with_shifts_calls_the_network_per_pass_and_stays_deterministic():

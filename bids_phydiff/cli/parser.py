@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..config import (DEFAULT_RESOLUTION, SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_SHIFTS, SAMPLER_STEPS,
-                      SAMPLER_STRENGTH)
+from ..config import DEFAULT_RESOLUTION, SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_STEPS, SAMPLER_STRENGTH
 from ..errors import EXIT_UNKNOWN_LEVEL, EXIT_USAGE
 from ..spaces import DEFAULT_TEMPLATE, XTRACT_TEMPLATE
 
@@ -329,9 +328,10 @@ SYNTH_OPTIONS: list[tuple[str, dict]] = [
                         help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise "
                              f"(default {SAMPLER_STRENGTH:g})")),
     ("--shifts", dict(dest="shifts", type=int, choices=[1, 2, 4],  # model.sampling.SHIFT_COUNTS (no torch here)
-                      help=f"network passes averaged per step, on the input rolled by half a patch: 1 = one pass "
-                           f"(half the time), 2 or 4 = no texture of the model's token grid (default "
-                           f"{SAMPLER_SHIFTS})")),
+                      help="network passes averaged per step, on the input moved by half a patch against the "
+                           "model's token grid (2 or 4 cancel a texture of the token period, at 2x or 4x the "
+                           "network time); default: the bundle's choice, made at training on its validation "
+                           "subjects")),
     ("--samples", dict(dest="samples", type=_positive_int,
                        help="independent samples per volume: the mean is written, and the standard deviation "
                             "as an uncertainty map when > 1 (default 1)")),

@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"DDIM noise, 0 = deterministic (default {app.eta:g}, as the app)")
     p.add_argument("--strength", type=float, default=app.strength,
                    help=f"SDEdit start strength in (0, 1]; 1 = from pure noise (default {app.strength:g}, as the app)")
-    p.add_argument("--shifts", type=int, choices=[1, 2, 4], default=app.shifts,
-                   help=f"network passes averaged per step on half-patch rolled inputs (default {app.shifts}, as the app)")
+    p.add_argument("--shifts", type=int, choices=[1, 2, 4], default=None,
+                   help="shifted network passes averaged per step (default: each bundle's choice, as the app)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--batch-size", type=int, default=64, help="slices per model call (default 64)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")

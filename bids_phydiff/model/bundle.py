@@ -9,7 +9,8 @@
 
 This module writes and reads only those two files. The training stage adds ``adc_atlas.nii.gz`` (one
 volume per shell in ``b_shells``), ``train.json`` and ``training.tsv`` to the same folder; ``metadata``
-takes small extra JSON. Writes are atomic: the bundle is built in a temporary sibling folder and renamed
+takes small extra JSON; its ``sampler_shifts`` (the shifted passes the training chose, :mod:`.shifts`; 1
+when absent) becomes the loaded model's ``shifts``. Writes are atomic: the bundle is built in a temporary sibling folder and renamed
 into place. Loading verifies the format version, the weights' SHA-256, and every tensor's name, shape and
 dtype; any problem is a :class:`BundleError` naming the file. No pickles anywhere.
 """
@@ -35,6 +36,7 @@ from ..atomic import public_mode, replace_dir, staging_dir
 from .config import PhyDiffConfig
 from .device import resolve_device
 from .phydiff import PhyDiff
+from .shifts import SHIFT_COUNTS
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,8 @@ TRAIN_JSON = "train.json"
 """subjects, data hash, code version, seed, metrics"""
 HISTORY_FILE = "training.tsv"
 CURVE_FILE = "training_loss.png"
+SHIFTS_KEY = "sampler_shifts"
+"""metadata key: the shifted passes the training chose (:mod:`.shifts`), the loaded model's ``shifts``"""
 
 
 class BundleError(ValueError):
@@ -258,6 +262,10 @@ def load_bundle(path: str | os.PathLike, *, device: str | torch.device = "cpu") 
     except Exception as error:  # safetensors raises its own error types for malformed files
         raise BundleError(f"{weights_path}: cannot be read as safetensors ({error})") from error
     model.load_state_dict(state, strict=True)
+    shifts = config.get("metadata", {}).get(SHIFTS_KEY, 1)
+    if shifts not in SHIFT_COUNTS:
+        raise BundleError(f"{config_path}: metadata {SHIFTS_KEY} must be one of {SHIFT_COUNTS}, got {shifts!r}")
+    model.shifts = shifts
     model.to(resolve_device(device)).eval()
     return Bundle(
         path=folder,

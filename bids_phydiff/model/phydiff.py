@@ -38,9 +38,10 @@ from .config import PhyDiffConfig, preset
 from .context import context_inputs
 from .device import autocast
 from .hdit import HDiT
-from .sampling import SamplerConfig, make_generator, token_shifts
+from .sampling import SamplerConfig, make_generator
 from .sampling import sample as run_sampler
 from .schedule import PhysicsSchedule
+from .shifts import GridShift, token_shifts
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,9 @@ class PhyDiff(nn.Module):
             else XtractAdapter(config.adapter, config.backbone.widths, config.backbone.patch_size)
         )
         self.schedule = PhysicsSchedule(config.schedule)
+        # passes averaged per step when a sampler leaves ``shifts`` None (:mod:`.shifts`): the training's
+        # choice on its validation subjects (a bundle's ``sampler_shifts``, set by load_bundle); 1 when new
+        self.shifts = 1
 
     @classmethod
     def from_preset(cls, name: str) -> PhyDiff:
@@ -155,6 +159,29 @@ class PhyDiff(nn.Module):
         x = torch.cat([x_t, b0.to(x_t.dtype)] + context_inputs(self.config.context, context, bval, bvec, x_t), dim=1)
         return self.backbone(x, cond, adapter_features)
 
+    def shifted_passes(self, count: int, b0: Tensor, tracts: Tensor | None, context: Tensor | None,
+                       use_adapter: bool) -> list[tuple[GridShift, Tensor, list[Tensor] | None, Tensor | None]]:
+        """For each of ``count`` passes (:func:`~.shifts.token_shifts`): the move, and the b0, the adapter
+        features (when ``use_adapter``) and the context maps on the moved grid; see :meth:`averaged`."""
+        passes = []
+        for shift in token_shifts(count, self.config.backbone.patch_size):
+            move = GridShift(shift, self.config.backbone.size_multiple)
+            b0_s, tracts_s, context_s = (move(a) for a in (b0, tracts, context))
+            passes.append((move, b0_s, self.adapter_features(tracts_s, b0_s) if use_adapter else None, context_s))
+        return passes
+
+    def averaged(self, passes, x_t: Tensor, t: Tensor, bval: Tensor, bvec: Tensor, slice_pos: Tensor,
+                 amp=contextlib.nullcontext) -> Tensor:
+        """The mean (float32, (B, 1, H, W)) of the network's output over ``passes`` (:meth:`shifted_passes`),
+        each on x_t moved with its pass and cropped back; ``amp``: a context-manager factory (autocast)."""
+        outs = []
+        for move, b0_s, features, context_s in passes:
+            with amp():
+                out = self(move(x_t), t, b0_s, bval, bvec, slice_pos, adapter_features=features, use_adapter=False,
+                           context=context_s)
+            outs.append(move.back(out.float()))
+        return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+
     def loss(
         self,
         batch: DiffusionBatch | Mapping[str, Any],
@@ -163,9 +190,11 @@ class PhyDiff(nn.Module):
         noise: Tensor | None = None,
         generator: torch.Generator | None = None,
         use_adapter: bool | None = None,
+        shifts: int = 1,
     ) -> Tensor:
         """The objective's MSE (of x0, the noise or v; scalar, float32) at uniform random steps (or ``t``) and
-        Gaussian ``noise``.
+        Gaussian ``noise``; with ``shifts`` > 1, of the network's output averaged over that many shifted
+        passes (:meth:`averaged`, what sampling with those passes uses).
 
         For the regression objective: the MSE of the one-pass prediction to the target (``t``, ``noise`` and
         ``generator`` are ignored: the objective is deterministic).
@@ -174,9 +203,15 @@ class PhyDiff(nn.Module):
             batch = DiffusionBatch.from_mapping(batch)
         x0 = batch.target.float()
         b = x0.shape[0]
+        passes = None
+        if shifts != 1:
+            passes = self.shifted_passes(shifts, batch.b0, batch.tracts, batch.context,
+                                         self._use_adapter(batch.tracts, use_adapter))
+        cond = (batch.bval, batch.bvec, batch.slice_pos)
         if self.is_regression:
-            pred = self.regress(batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter,
-                                context=batch.context)
+            if passes is not None:
+                return F.mse_loss(self.averaged(passes, *regression_input(batch.b0), *cond), x0)
+            pred = self.regress(batch.b0, *cond, batch.tracts, use_adapter, context=batch.context)
             return F.mse_loss(pred.float(), x0)
         if t is None:
             t = torch.randint(0, self.schedule.num_steps, (b,), generator=generator, device=x0.device)
@@ -184,8 +219,10 @@ class PhyDiff(nn.Module):
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         g = self.schedule.excess_beta(batch.adc, batch.bval)
         x_t = self.schedule.q_sample(x0, t, noise, g)
-        out = self(x_t, t, batch.b0, batch.bval, batch.bvec, batch.slice_pos, batch.tracts, use_adapter=use_adapter,
-                   context=batch.context)
+        if passes is not None:
+            out = self.averaged(passes, x_t, t, *cond)
+        else:
+            out = self(x_t, t, batch.b0, *cond, batch.tracts, use_adapter=use_adapter, context=batch.context)
         if self.config.x0_skip:
             return F.mse_loss(self.schedule.x0_from_v(x_t.float(), t, g, out.float()), x0)
         target = self.schedule.loss_target(self.config.objective, x0, noise.float(), t, g)
@@ -244,9 +281,8 @@ class PhyDiff(nn.Module):
         ``adc``: ADC-atlas slice for each target b-value (B, 1, H, W), None = no physics term.
         ``seed`` (or a ``generator`` on b0's device) makes the result reproducible on that device.
         ``context`` (B, C, H, W): the context maps of a model with a context (see :meth:`forward`).
-        Every network evaluation averages ``sampler.shifts`` passes, each on the inputs moved in-plane by a
-        fraction of the patch (:func:`~.sampling.token_shifts`: edge-replicated by that many pixels before and
-        to a whole size multiple after, so the grid grows by one multiple) and cropped back.
+        Every network evaluation averages ``sampler.shifts`` passes (None: :attr:`shifts`), each on the inputs
+        moved in-plane against the token grid (:mod:`.shifts`) and cropped back.
         Runs in eval mode (restored afterwards). The regression objective ignores ``sampler`` (but its
         ``shifts``), ``seed`` and ``generator`` and returns its one-pass prediction.
         """
@@ -255,22 +291,12 @@ class PhyDiff(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            use_adapter = self._use_adapter(tracts, None)
-            passes = []  # (move, moved b0, its adapter features, moved context)
-            for shift in token_shifts(sampler.shifts, self.config.backbone.patch_size):
-                move = _Shift(shift, self.config.backbone.size_multiple)
-                b0_s, tracts_s, context_s = (move(a) for a in (b0, tracts, context))
-                passes.append((move, b0_s, self.adapter_features(tracts_s, b0_s) if use_adapter else None, context_s))
-            amp = autocast(b0.device, precision) if precision != "fp32" else contextlib.nullcontext()
+            passes = self.shifted_passes(sampler.shifts or self.shifts, b0, tracts, context,
+                                         self._use_adapter(tracts, None))
+            amp = (lambda: autocast(b0.device, precision)) if precision != "fp32" else contextlib.nullcontext
 
             def network(x: Tensor, t: Tensor) -> Tensor:
-                outs = []
-                for move, b0_s, features, context_s in passes:
-                    with amp:
-                        out = self(move(x), t, b0_s, bval, bvec, slice_pos, adapter_features=features,
-                                   use_adapter=False, context=context_s)
-                    outs.append(move.back(out.float()))
-                return outs[0] if len(outs) == 1 else torch.stack(outs).mean(0)
+                return self.averaged(passes, x, t, bval, bvec, slice_pos, amp)
 
             if self.is_regression:
                 return network(*regression_input(b0))
@@ -320,24 +346,3 @@ def regression_input(b0: Tensor) -> tuple[Tensor, Tensor]:
     return (torch.zeros(b0.shape, dtype=torch.float32, device=b0.device),
             torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device))
 
-
-@dataclass(frozen=True)
-class _Shift:
-    """Moves (..., H, W) images by ``shift`` = (dy, dx) pixels against the model's token grid: edge-replicated
-    by dy (dx) pixels before and ``multiple`` - dy (dx) after, so that the grid stays a whole size multiple;
-    :meth:`back` crops a network output to the original grid. (0, 0) is the identity."""
-
-    shift: tuple[int, int]
-    multiple: int
-
-    def __call__(self, x: Tensor | None) -> Tensor | None:
-        if x is None or self.shift == (0, 0):
-            return x
-        (dy, dx), m = self.shift, self.multiple
-        return F.pad(x, (dx, m - dx, dy, m - dy), mode="replicate")
-
-    def back(self, x: Tensor) -> Tensor:
-        if self.shift == (0, 0):
-            return x
-        (dy, dx), m = self.shift, self.multiple
-        return x[..., dy : x.shape[-2] - (m - dy), dx : x.shape[-1] - (m - dx)]

@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 
 from .config import JsonConfig
 from .schedule import PhysicsSchedule, clip_range
+from .shifts import SHIFT_COUNTS
 
 log = logging.getLogger(__name__)
 
 EpsFn = Callable[[Tensor, Tensor], Tensor]
-SHIFT_COUNTS = (1, 2, 4)
 Generators = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
@@ -41,10 +41,9 @@ class SamplerConfig(JsonConfig):
     x0 at each step to [-clip_x0, clip_x0], or to [low, high] for a pair (None = no clamp; intensities
     above the 99.5th percentile exceed 1 in this project's normalisation, so clamping is off by default).
     ``shifts``: network passes averaged at every step, each on the input moved in-plane against the model's
-    token grid (:func:`token_shifts`; 1 = one pass, 2 = also by half a patch along both axes, 4 = all four
-    half-patch offsets). A pass leaves a faint pattern that repeats with the patch (the token grid is fixed
-    in the image); in passes half a patch apart its period-``p`` part has opposite phase and cancels in the
-    average (docs/evaluation.md, "The token-period texture"). It costs that many network evaluations per step.
+    token grid (:mod:`.shifts`; 1 = one pass, 2 = also by half a patch along both axes, 4 = all four
+    half-patch offsets; None = the model's own choice, ``PhyDiff.shifts``). It costs that many network
+    evaluations per step.
     ``progress``: a tqdm bar (None = only on a terminal). ``to_dict`` / ``from_dict``: see
     :class:`~.config.JsonConfig`.
     """
@@ -55,7 +54,7 @@ class SamplerConfig(JsonConfig):
     start: Literal["noise", "sdedit"] = "sdedit"
     strength: float = 0.8
     clip_x0: float | tuple[float, float] | None = None
-    shifts: int = 1
+    shifts: int | None = None
     progress: bool | None = None
 
     def __post_init__(self) -> None:
@@ -67,7 +66,7 @@ class SamplerConfig(JsonConfig):
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
-        if self.shifts not in SHIFT_COUNTS:
+        if self.shifts is not None and self.shifts not in SHIFT_COUNTS:
             raise ValueError(f"sampler shifts must be one of {SHIFT_COUNTS}, got {self.shifts}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"SDEdit strength must be in (0, 1], got {self.strength}")
@@ -75,13 +74,6 @@ class SamplerConfig(JsonConfig):
             low, high = clip_range(self.clip_x0)
             if not low < high:
                 raise ValueError(f"clip_x0 must be positive or a pair (low < high), got {self.clip_x0}")
-
-
-def token_shifts(count: int, patch: int) -> list[tuple[int, int]]:
-    """The in-plane roll ``(dy, dx)`` in pixels of each of ``count`` averaged passes (``SamplerConfig.shifts``)
-    for a model of patch size ``patch``: no roll, then half a patch along both axes, then along each alone."""
-    half = patch // 2
-    return [(0, 0), (half, half), (0, half), (half, 0)][:count]
 
 
 def start_step(config: SamplerConfig, num_steps: int) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_SHIFTS, SAMPLER_STEPS, SAMPLER_STRENGTH
+from ..config import SAMPLER_ETA, SAMPLER_METHOD, SAMPLER_STEPS, SAMPLER_STRENGTH
 from ..errors import InputDataError
 from ..model.bundle import ADC_ATLAS_FILE, TRACT_ATLAS_FILE
 from ..model.sampling import SamplerConfig
@@ -68,9 +68,9 @@ def bundle_conditions(bundle) -> BundleConditions:
 
 
 def app_sampler(method: str = SAMPLER_METHOD, steps: int = SAMPLER_STEPS, strength: float = SAMPLER_STRENGTH,
-                eta: float = SAMPLER_ETA, shifts: int = SAMPLER_SHIFTS) -> SamplerConfig:
+                eta: float = SAMPLER_ETA, shifts: int | None = None) -> SamplerConfig:
     """The app's sampler: ``method`` ``ddpm``/``ddim``, DDIM ``steps`` and ``eta``, SDEdit ``strength`` in
-    (0, 1] (1 = start from pure noise), ``shifts`` averaged half-patch passes per step, predicted x0 clamped
-    to :data:`CLIP_X0`."""
+    (0, 1] (1 = start from pure noise), ``shifts`` shifted passes per step (None = the bundle's choice),
+    predicted x0 clamped to :data:`CLIP_X0`."""
     return SamplerConfig(method=method, steps=steps, eta=eta, clip_x0=CLIP_X0, shifts=shifts,
                          start="noise" if strength >= 1.0 else "sdedit", strength=min(strength, 1.0))

@@ -216,8 +216,9 @@ class Trainer:
     # ----------------------------------------------------------------------------------- validation
 
     @torch.no_grad()
-    def validate(self, stage: str) -> float:
-        """Mean loss of the EMA model over the fixed validation samples (NaN without any)."""
+    def validate(self, stage: str, shifts: int = 1) -> float:
+        """Mean loss of the EMA model over the fixed validation samples (NaN without any); with ``shifts``,
+        of its output averaged over that many shifted passes (:mod:`~bids_phydiff.model.shifts`)."""
         if self.val_set is None:
             return math.nan
         cfg = self.config
@@ -233,9 +234,17 @@ class Trainer:
             t, noise = validation_noise(cfg.seed, pos, count, self.image_shape, model.schedule.num_steps)
             batch = to_batch(samples, self.device, use_adapter)
             with autocast(self.device, "bf16" if self.use_bf16 else "fp32"):
-                loss = model.loss(batch, t=t.to(self.device), noise=noise.to(self.device), use_adapter=use_adapter)
+                loss = model.loss(batch, t=t.to(self.device), noise=noise.to(self.device), use_adapter=use_adapter,
+                                  shifts=shifts)
             total += loss.double() * pos.numel()
         return float(ddp.all_reduce_sum(total, self.world).item()) / count
+
+    def choose_shifts(self, stage: str) -> tuple[int, dict[str, float]]:
+        """The shifted passes the EMA model samples with by default: 2 when their validation loss is lower
+        than one pass's, else 1 (1 without validation samples); and both losses (``{"1": ..., "2": ...}``)."""
+        losses = {str(n): self.validate(stage, n) for n in (1, 2)}
+        better = all(math.isfinite(v) for v in losses.values()) and losses["2"] < losses["1"]
+        return (2 if better else 1), losses
 
     # ------------------------------------------------------------------------------------------ run
 

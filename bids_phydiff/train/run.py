@@ -38,6 +38,7 @@ from ..model.bundle import (
     ADC_ATLAS_FILE,
     CURVE_FILE,
     HISTORY_FILE,
+    SHIFTS_KEY,
     TRACT_ATLAS_FILE,
     TRAIN_JSON,
     GridSpec,
@@ -203,6 +204,9 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
                       train_adapter=tracts is not None and config.adapter_steps > 0, progress=progress)
     loop = trainer.run(resume=resume)
     metrics = _metrics(loop, train_set, val_set)
+    shifts, shift_losses = trainer.choose_shifts(loop.stage)
+    metrics["shifted_passes"] = {"chosen": shifts,
+                                 "val_loss": {n: v if math.isfinite(v) else None for n, v in shift_losses.items()}}
     bundle = None
     if world.is_main:
         info = {
@@ -225,6 +229,7 @@ def _train(train_runs, val_runs, grid_spec: GridSpec, out_dir: Path, work_dir: P
             "adc_atlas": ADC_ATLAS_FILE,
             "tract_channels": None if tracts is None else int(tracts.shape[3]),
             "tract_atlas": None if tracts is None else TRACT_ATLAS_FILE,
+            SHIFTS_KEY: shifts,
         }
         if model_config.context != "none":
             bundle_meta["context"] = _context_record(model_config.context, train_set)

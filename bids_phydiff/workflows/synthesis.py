@@ -87,7 +87,7 @@ def synthetic_sidecar(prepared: PreparedRun, loaded: LoadedBundle, sampler: Samp
         "SamplingSteps": model_evaluations(bundle, sampler),
         "Strength": opts.strength,
         "DDIMEta": opts.eta if opts.sampler == "ddim" else None,
-        "ShiftedPasses": opts.shifts,
+        "ShiftedPasses": sampler.shifts,
         "Samples": opts.samples,
         "ClampPredictedX0": list(CLIP_X0),
         "RandomSeed": config.seed,
@@ -219,7 +219,7 @@ def run_synthesis(config: RunConfig, checked: list[CheckedRun]) -> list[dict]:
             raise InputDataError(f"{r.run.dwi}: prepare did not produce {[str(p) for p in f.missing()]}")
 
     opts = config.synth
-    sampler = app_sampler(opts.sampler, opts.steps, opts.strength, opts.eta, opts.shifts)
+    sampler = app_sampler(opts.sampler, opts.steps, opts.strength, opts.eta, opts.shifts or bundle.model.shifts)
     results = []
     for run, prepared in zip(checked, files):
         paths = SynthesisPaths.of_run(config.output_dir, run.run, grid.template, res)
@@ -235,7 +235,7 @@ def run_synthesis(config: RunConfig, checked: list[CheckedRun]) -> list[dict]:
                             summary_table(res["summary"]) if res["summary"] else ())
                     for res in results if res["run"].run.subject == subject]
         notes = [f"Model {bundle.path} (sha256 {bundle.weights_sha256[:12]}), sampler {opts.sampler}, "
-                 f"steps {opts.steps}, strength {opts.strength:g}, {opts.shifts} shifted pass(es), seed {config.seed}."]
+                 f"steps {opts.steps}, strength {opts.strength:g}, {sampler.shifts} shifted pass(es), seed {config.seed}."]
         report = write_report(config.output_dir / f"sub-{subject}_synthesis.html", subject, sections, notes)
         LOGGER.info("report: %s", report)
     return results
