@@ -10,8 +10,8 @@
 This module writes and reads only those two files. The training stage adds ``adc_atlas.nii.gz`` (one
 volume per shell in ``b_shells``), ``train.json`` and ``training.tsv`` to the same folder; ``metadata``
 takes small extra JSON; its ``sampler_shifts`` (the shifted passes the training chose, :mod:`.shifts`; 1
-when absent) becomes the loaded model's ``shifts``. Writes are atomic: the bundle is built in a temporary sibling folder and renamed
-into place. Loading verifies the format version, the weights' SHA-256, and every tensor's name, shape and
+when absent) becomes the loaded model's ``shifts``. Writes are atomic: the bundle is built in a temporary
+sibling folder and renamed into place. Loading verifies the format version, the weights' SHA-256, and every tensor's name, shape and
 dtype; any problem is a :class:`BundleError` naming the file. No pickles anywhere.
 """
 

@@ -345,4 +345,3 @@ def regression_input(b0: Tensor) -> tuple[Tensor, Tensor]:
     """The regression objective's fixed network input for ``b0`` (B, 1, H, W): x_t = 0 (float32) and t = 0."""
     return (torch.zeros(b0.shape, dtype=torch.float32, device=b0.device),
             torch.zeros(b0.shape[0], dtype=torch.long, device=b0.device))
-
