@@ -327,7 +327,7 @@ SYNTH_OPTIONS: list[tuple[str, dict]] = [
     ("--strength", dict(dest="strength", type=_strength,
                         help="SDEdit: start from the b0 noised to this level; 1.0 = pure noise "
                              f"(default {SAMPLER_STRENGTH:g})")),
-    ("--shifts", dict(dest="shifts", type=int, choices=[1, 2, 4],  # model.sampling.SHIFT_COUNTS (no torch here)
+    ("--shifts", dict(dest="shifts", type=int, choices=[1, 2, 4],  # model.shifts.SHIFT_COUNTS (no torch here)
                       help="network passes averaged per step, on the input moved by half a patch against the "
                            "model's token grid (2 or 4 cancel a texture of the token period, at 2x or 4x the "
                            "network time); default: the bundle's choice, made at training on its validation "
