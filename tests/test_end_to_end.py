@@ -114,8 +114,10 @@ def test_synthesis_writes_the_acquired_scheme_with_sidecars_and_metrics(loop):
     meta = json.loads(Path(f"{_synth(out)}.json").read_text())
     weights = hashlib.sha256((loop["bundle"] / "weights.safetensors").read_bytes()).hexdigest()
     assert meta["ModelChecksum"] == f"sha256:{weights}"
+    chosen = json.loads((loop["bundle"] / "config.json").read_text())["metadata"]["sampler_shifts"]
+    assert chosen in (1, 2)  # the training's choice, which the synthesis takes without --shifts
     assert (meta["Sampler"], meta["SamplingSteps"], meta["Strength"], meta["Samples"], meta["RandomSeed"],
-            meta["ShiftedPasses"]) == ("ddim", 2, 0.8, 2, 0, 2)
+            meta["ShiftedPasses"]) == ("ddim", 2, 0.8, 2, 0, chosen)
     assert meta["SkullStripped"] is True and meta["Sources"][0].startswith("bids::sub-03/dwi/")
     shell_metrics = Path(str(_synth(out)).replace("_dwi", "_shellmetrics") + ".tsv").read_text().splitlines()
     methods = {line.split("\t")[0] for line in shell_metrics[1:]}
