@@ -80,3 +80,15 @@ def test_the_shifted_passes_are_chosen_on_the_validation_loss_and_travel_with_th
     assert one == pytest.approx(result.metrics["final_val_loss"])  # the final EMA model's own loss
     assert two != one and choice["chosen"] == (2 if two < one else 1)
     assert load_bundle(out).model.shifts == choice["chosen"]
+
+
+def test_existing_bundle_is_refused_and_resume_of_a_finished_run_rewrites_it(trained):
+    root, runs, grid, tracts, out, result = trained
+    with pytest.raises(OutputError) as info:
+        train_bundle(runs[:2], runs[2:], grid, out, root / "work", CONFIG, "cpu", tracts, True, progress=False)
+    assert info.value.exit_code == EXIT_CANNOT_WRITE
+    again = train_bundle(runs[:2], runs[2:], grid, root / "again", root / "work", CONFIG, "cpu", tracts, True,
+                         progress=False)
+    assert again.loop.seconds < 1.0  # nothing left to train: restored from the final checkpoint
+    for name, value in load_bundle(again.bundle).model.state_dict().items():
+        assert torch.equal(value, load_bundle(out).model.state_dict()[name])
